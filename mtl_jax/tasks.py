@@ -189,6 +189,14 @@ class Tasks:
     def __getitem__(self, name: str) -> Task:
         return self._by_name[name]
 
+    def select(self, names: Iterable[str]) -> "Tasks":
+        """The sub-collection of the named tasks, in the given order."""
+        names = list(names)
+        unknown = [n for n in names if n not in self._by_name]
+        if unknown:
+            raise KeyError(f"unknown tasks {unknown}; the tasks are {list(self.names)}")
+        return Tasks(self._by_name[n] for n in names)
+
     def check_labels(self, labels: Mapping[str, jax.Array]) -> None:
         """Raise a ValueError naming the task whose labels are missing or malformed."""
         _check_keys("labels", labels, self.names)

@@ -1,0 +1,186 @@
+"""Ensembles: many members (seeds, hyperparameters) trained as one program.
+
+A member is one :class:`~mtl_jax.train.TrainState`; an ensemble is the same
+pytree with a leading member axis. :func:`init` builds it, :func:`lift` turns a
+single-member function (a train or eval step) into one over the member axis.
+Three lowerings compute the same thing:
+
+* ``"vmap"``: one batched program (``jax.vmap`` inside ``jax.jit``); the fastest
+  on GPUs and TPUs.
+* ``"loop"``: the single-member step compiled once and called per member; on
+  XLA:CPU, batched convolutions lower poorly and this is several times faster
+  (``benchmarks/ensemble_lowering.py`` measures it).
+* ``"map"``: ``jax.lax.map`` over members inside one program (low memory).
+
+``"auto"`` picks ``"loop"`` on CPU and ``"vmap"`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtl_jax.tasks import Tasks
+from mtl_jax.train import Batch, TrainState, _as_penalty_weight, _as_weights, init_state
+
+LOWERINGS = ("auto", "vmap", "loop", "map")
+
+
+def resolve_lowering(lowering: str) -> str:
+    """The concrete lowering for ``lowering`` on the default backend."""
+    if lowering not in LOWERINGS:
+        raise ValueError(f"unknown ensemble lowering {lowering!r}; choose from {LOWERINGS}")
+    if lowering == "auto":
+        return "loop" if jax.default_backend() == "cpu" else "vmap"
+    return lowering
+
+
+def _broadcast(name: str, value, size: int, per_member_shape: tuple[int, ...]) -> np.ndarray:
+    array = np.asarray(value, float)
+    if array.shape == per_member_shape:
+        return np.broadcast_to(array, (size, *per_member_shape))
+    if array.shape != (size, *per_member_shape):
+        raise ValueError(f"{name} has shape {array.shape}; expected {per_member_shape} (shared "
+                         f"by all members) or {(size, *per_member_shape)} (one per member)")
+    return array
+
+
+def init(model: nn.Module, tasks: Tasks, keys: jax.Array, example_batch: Batch,
+         optimizer: optax.GradientTransformation, *, loss_weights=None, penalty_weight=0.0,
+         learning_rate=None) -> TrainState:
+    """Initialise one member per key, with per-member hyperparameters.
+
+    Args:
+      model, tasks, example_batch, optimizer: as for :func:`mtl_jax.init_state`.
+      keys: ``[N]`` PRNG keys, one per member.
+      loss_weights: ``[T]`` shared or ``[N, T]`` per member.
+      penalty_weight: scalar or ``[N]``.
+      learning_rate: None (keep the optimizer's) or scalar / ``[N]``; needs an
+        optimizer built with ``optax.inject_hyperparams``.
+
+    Returns:
+      A :class:`TrainState` whose leaves have a leading member axis ``N``.
+      Member ``i`` equals ``init_state(..., keys[i], ...)`` with its values.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from mtl_jax import models, tasks as mt
+      >>> model = models.HardSharing(models.MLPTrunk((8,)), models.StackedHeads(("a", "b"), 3))
+      >>> tasks = mt.Tasks([mt.classification("a", 3), mt.classification("b", 3)])
+      >>> batch = {"x": jnp.ones((4, 5)), "y": {"a": jnp.zeros(4, int), "b": jnp.ones(4, int)}}
+      >>> opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+      >>> states = init(model, tasks, jax.random.split(jax.random.key(0), 3), batch, opt,
+      ...               learning_rate=[1e-3, 1e-2, 1e-1])
+      >>> states.params["params"]["heads"]["kernel"].shape
+      (3, 2, 8, 3)
+    """
+    size = len(keys)
+    if size < 1:
+        raise ValueError("an ensemble needs at least one member (got 0 keys)")
+    weights = _broadcast("loss_weights", np.ones(len(tasks)) if loss_weights is None
+                         else loss_weights, size, (len(tasks),))
+    penalties = _broadcast("penalty_weight", penalty_weight, size, ())
+    for w, p in zip(weights, penalties):
+        _as_weights(w, len(tasks))
+        _as_penalty_weight(p)
+    template = jax.eval_shape(lambda: init_state(model, tasks, keys[0], example_batch,
+                                                 optimizer))
+    del template  # validation only: shapes, names and outputs are checked above
+    params = jax.jit(jax.vmap(lambda k: model.init(k, example_batch["x"])))(keys)
+    opt_state = jax.vmap(optimizer.init)(params)
+    if learning_rate is not None:
+        rates = _broadcast("learning_rate", learning_rate, size, ())
+        if not np.all(np.isfinite(rates)) or np.any(rates <= 0):
+            raise ValueError(f"learning_rate must be positive and finite, got {rates.tolist()}")
+        opt_state = _set_hyperparameter(opt_state, "learning_rate", jnp.asarray(rates, jnp.float32))
+    return TrainState(step=jnp.zeros((size,), jnp.int32), params=params, opt_state=opt_state,
+                      loss_weights=jnp.asarray(weights, jnp.float32),
+                      penalty_weight=jnp.asarray(penalties, jnp.float32))
+
+
+def _set_hyperparameter(opt_state, name: str, values: jax.Array):
+    found = []
+
+    def injected(node) -> bool:  # optax's Inject(Stateful)HyperparamsState
+        return isinstance(getattr(node, "hyperparams", None), dict)
+
+    def visit(node):
+        if injected(node) and name in node.hyperparams:
+            found.append(True)
+            return node._replace(hyperparams={**node.hyperparams, name: values.astype(
+                node.hyperparams[name].dtype)})
+        return node
+
+    new_state = jax.tree_util.tree_map(visit, opt_state, is_leaf=injected)
+    if not found:
+        raise ValueError(f"the optimizer has no injectable hyperparameter {name!r}; build it "
+                         f"with optax.inject_hyperparams, e.g. "
+                         f"optax.inject_hyperparams(optax.adam)({name}=1e-3)")
+    return new_state
+
+
+def member(states: Any, index: int) -> Any:
+    """The ``index``-th member of a stacked pytree."""
+    return jax.tree_util.tree_map(lambda x: x[index], states)
+
+
+@functools.cache
+def _unstack(size: int):
+    return jax.jit(lambda tree: [member(tree, i) for i in range(size)])
+
+
+@jax.jit
+def _stack(trees):
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def lift(fn: Callable, lowering: str = "auto", *, static_argnames=()) -> Callable:
+    """Map ``fn(member, *shared)`` over the leading axis of its first argument.
+
+    The other positional arguments (a batch, say) are shared by all members.
+    The result is jit-compiled in every lowering.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> f = lift(lambda w, x: w * x, "vmap")
+      >>> f(jnp.arange(3.0), 2.0).tolist()
+      [0.0, 2.0, 4.0]
+    """
+    lowering = resolve_lowering(lowering)
+    if lowering == "vmap":
+        return jax.jit(lambda tree, *args, **kw: jax.vmap(
+            lambda t: fn(t, *args, **kw))(tree), static_argnames=static_argnames)
+    if lowering == "map":
+        return jax.jit(lambda tree, *args, **kw: jax.lax.map(
+            lambda t: fn(t, *args, **kw), tree), static_argnames=static_argnames)
+    single = jax.jit(fn, static_argnames=static_argnames)
+
+    def looped(tree, *args, **kw):
+        size = len(jax.tree_util.tree_leaves(tree)[0])
+        return _stack([single(t, *args, **kw) for t in _unstack(size)(tree)])
+
+    return looped
+
+
+def step(train_step: Callable, lowering: str = "auto") -> Callable:
+    """Lift a train step over ensemble members: ``(states, batch) -> (states, logs)``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from mtl_jax import models, tasks as mt, make_train_step
+      >>> model = models.HardSharing(models.MLPTrunk((8,)), models.StackedHeads(("a", "b"), 3))
+      >>> tasks = mt.Tasks([mt.classification("a", 3), mt.classification("b", 3)])
+      >>> batch = {"x": jnp.ones((4, 5)), "y": {"a": jnp.zeros(4, int), "b": jnp.ones(4, int)}}
+      >>> states = init(model, tasks, jax.random.split(jax.random.key(0), 2), batch, optax.sgd(0.1))
+      >>> states, logs = step(make_train_step(model, tasks, optax.sgd(0.1)))(states, batch)
+      >>> logs["task_losses"].shape
+      (2, 2)
+    """
+    return lift(train_step, lowering)
