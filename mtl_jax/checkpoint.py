@@ -134,7 +134,7 @@ def _check_layout(saved, template, directory) -> None:
         lambda m: np.empty(m.shape, np.uint8) if hasattr(m, "shape") else m, saved,
         is_leaf=lambda m: hasattr(m, "shape")))
     wanted = flat(template)
-    for name in sorted(set(saved_shapes) | set(wanted)):
+    for name in [*wanted, *(k for k in saved_shapes if k not in wanted)]:
         if saved_shapes.get(name) != wanted.get(name):
             raise CheckpointError(
                 f"checkpoint in {str(directory)!r} does not fit this model: parameter "

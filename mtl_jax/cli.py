@@ -1,0 +1,120 @@
+"""The ``mtl-jax`` command line: ``train`` and ``list``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+
+from mtl_jax import ensemble
+from mtl_jax.checkpoint import CheckpointError
+from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
+from mtl_jax.fit import NonFiniteLossError
+
+CATALOGUE = {
+    "archs": {"hard": "shared trunk, stacked per-task heads (hard parameter sharing)",
+              "soft": "one trunk+head tower per task, tied by --penalty (soft sharing)"},
+    "penalties": {"none": "no penalty",
+                  "l2": "sum over tasks of squared distance to the task mean (Duong et al. 2015)",
+                  "l2-pairwise": "sum over task pairs of squared distances",
+                  "trace-laf": "nuclear norm of the task x rest matrix (Yang & Hospedales 2017)",
+                  "trace-tucker": "sum of nuclear norms of all mode unfoldings",
+                  "trace-tt": "sum of nuclear norms of the tensor-train unfoldings"},
+    "datasets": {"multidigits": "pairs of scikit-learn's 8x8 digits, MultiMNIST-style; "
+                                "tasks left/right",
+                 "synthetic": "seeded 32x32x3 images with 4 related 10-way tasks"},
+    "trunks": {"conv": "the seed's ConvNet (SharedEncoder): conv32-pool-conv64-pool-dense256",
+               "mlp": "two dense layers of 256"},
+}
+assert set(CATALOGUE["archs"]) == set(ARCHS) and set(CATALOGUE["penalties"]) == set(PENALTIES)
+assert set(CATALOGUE["datasets"]) == set(DATASETS) and set(CATALOGUE["trunks"]) == set(TRUNKS)
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 1,0.5, got {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    defaults = Config()
+    top = argparse.ArgumentParser(
+        prog="mtl-jax", description="Multi-task learning in JAX: train models, list choices.")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser(
+        "train", help="train a multi-task model and its single-task baselines",
+        description="Train a multi-task model (one member per seed) and its single-task "
+        "baselines on the same budget, as one compiled ensemble; print per-task metrics and "
+        "delta_m, and write config, metrics.jsonl, curves.png, results and checkpoints to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = train.add_argument
+    add("--dataset", default=defaults.dataset, choices=sorted(DATASETS), help="built-in data")
+    add("--arch", default=defaults.arch, choices=ARCHS, help="parameter sharing")
+    add("--trunk", default=defaults.trunk, choices=sorted(TRUNKS), help="trunk / tower body")
+    add("--penalty", default=defaults.penalty, choices=list(PENALTIES),
+        help="soft-sharing penalty (needs --arch soft)")
+    add("--penalty-weight", type=float, default=defaults.penalty_weight,
+        help="weight of the penalty in the loss")
+    add("--loss-weights", type=_weights, default=None,
+        help="comma-separated non-negative task loss weights (default: all 1)")
+    add("--lr", type=float, default=defaults.learning_rate, help="Adam learning rate")
+    add("--steps", type=int, default=defaults.steps, help="total training steps")
+    add("--batch-size", type=int, default=defaults.batch_size, help="examples per step")
+    add("--seeds", type=int, default=defaults.seeds,
+        help="independent seeds, trained together as an ensemble; reported as mean ± std")
+    add("--seed", type=int, default=defaults.seed, help="base seed for data and init")
+    add("--no-baselines", action="store_true", help="skip the single-task baselines")
+    add("--eval-every", type=int, default=defaults.eval_every,
+        help="evaluate on the test set every N steps (0: only at the end)")
+    add("--checkpoint-every", type=int, default=defaults.checkpoint_every,
+        help="save a checkpoint every N steps (and at the end)")
+    add("--keep", type=int, default=defaults.keep, help="checkpoints to keep")
+    add("--lowering", default=defaults.lowering, choices=ensemble.LOWERINGS,
+        help="how members are stepped together (auto: loop on CPU, vmap on accelerators)")
+    add("--out", default=None,
+        help="run directory (default: runs/<date-time>); an existing run is never overwritten")
+    add("--resume", action="store_true",
+        help="continue the run in --out from its latest checkpoint")
+    add("--quiet", action="store_true", help="no progress bar")
+    lister = commands.add_parser("list", help="list architectures, penalties, datasets, trunks",
+                                 description="List the choices for train's flags.")
+    lister.add_argument("what", nargs="?", choices=sorted(CATALOGUE),
+                        help="what to list (default: everything)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "list":
+        for what in [args.what] if args.what else sorted(CATALOGUE):
+            print(f"{what}:")
+            for name, text in CATALOGUE[what].items():
+                print(f"  {name:14s} {text}")
+        return 0
+    config = Config(dataset=args.dataset, arch=args.arch, trunk=args.trunk, penalty=args.penalty,
+                    penalty_weight=args.penalty_weight, loss_weights=args.loss_weights,
+                    learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
+                    seeds=args.seeds, seed=args.seed, baselines=not args.no_baselines,
+                    eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                    keep=args.keep, lowering=args.lowering)
+    if args.resume and args.out is None:
+        return _fail("--resume needs --out DIR naming the run to continue")
+    out = args.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        report = run(config, out, resume=args.resume, progress=not args.quiet)
+    except (ValueError, KeyError, CheckpointError, NonFiniteLossError) as error:
+        return _fail(str(error).strip("'\""))
+    print(report.table())
+    print(f"\nwrote {out}/: config.json, metrics.jsonl, curves.png, results.md, checkpoints/")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"mtl-jax: error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
