@@ -17,6 +17,7 @@ import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -26,13 +27,13 @@ from mtl_jax.data import synthetic_images
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
-def median_time(fn, *args, repeats: int) -> float:
-    out = fn(*args)
-    jax.block_until_ready(out)  # compile and warm up
+def median_step_time(step, state, batch, repeats: int) -> float:
+    """Median seconds of ``state, _ = step(state, batch)`` after one warm-up call."""
+    state = jax.block_until_ready(step(state, batch))[0]  # compile
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        state = jax.block_until_ready(step(state, batch))[0]
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -48,10 +49,12 @@ def measure(trunk, name: str, members: int, batch_size: int, num_tasks: int, rep
     states = mtl.ensemble.init(model, tasks, jax.random.split(jax.random.key(0), members),
                                batch, optimizer)
     row = {"model": name, "members": members,
-           "one member": median_time(jax.jit(step), single, batch, repeats=repeats)}
+           "one member": median_step_time(jax.jit(step, donate_argnums=0), single, batch,
+                                          repeats)}
     for lowering in ("vmap", "loop", "map"):
-        row[lowering] = median_time(mtl.ensemble.step(step, lowering), states, batch,
-                                    repeats=repeats)
+        fresh = jax.tree_util.tree_map(jnp.copy, states)  # each lowering donates its own
+        row[lowering] = median_step_time(mtl.ensemble.step(step, lowering), fresh, batch,
+                                         repeats)
     return row
 
 

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run(config, out, resume=args.resume, progress=not args.quiet)
     except (ValueError, KeyError, CheckpointError, NonFiniteLossError) as error:
-        return _fail(str(error).strip("'\""))
+        return _fail(error.args[0] if isinstance(error, KeyError) else str(error))
     print(report.table())
     print(f"\nwrote {out}/: config.json, metrics.jsonl, curves.png, results.md, checkpoints/")
     return 0

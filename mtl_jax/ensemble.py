@@ -126,14 +126,15 @@ def _set_hyperparameter(opt_state, name: str, values: jax.Array):
     return new_state
 
 
-def member(states: Any, index: int) -> Any:
-    """The ``index``-th member of a stacked pytree."""
-    return jax.tree_util.tree_map(lambda x: x[index], states)
+def member(states: Any, index: int | jax.Array) -> Any:
+    """The ``index``-th member of a stacked pytree (``index`` may be traced)."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), states)
 
 
-@functools.cache
-def _unstack(size: int):
-    return jax.jit(lambda tree: [member(tree, i) for i in range(size)])
+def _put(states: Any, new: Any, index: jax.Array) -> Any:
+    return jax.tree_util.tree_map(
+        lambda x, y: jax.lax.dynamic_update_index_in_dim(x, y, index, 0), states, new)
 
 
 @jax.jit
@@ -141,15 +142,20 @@ def _stack(trees):
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def _size(tree) -> int:
+    return len(jax.tree_util.tree_leaves(tree)[0])
+
+
 def lift(fn: Callable, lowering: str = "auto", *, static_argnames=()) -> Callable:
     """Map ``fn(member, *shared)`` over the leading axis of its first argument.
 
-    The other positional arguments (a batch, say) are shared by all members.
-    The result is jit-compiled in every lowering.
+    The other arguments (a batch, say) are shared by all members; the result is
+    jit-compiled in every lowering and stacked on a leading member axis. For
+    train steps, whose result replaces the members, use :func:`step`.
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> f = lift(lambda w, x: w * x, "vmap")
+      >>> f = lift(lambda w, x: w * x, "loop")
       >>> f(jnp.arange(3.0), 2.0).tolist()
       [0.0, 2.0, 4.0]
     """
@@ -160,17 +166,21 @@ def lift(fn: Callable, lowering: str = "auto", *, static_argnames=()) -> Callabl
     if lowering == "map":
         return jax.jit(lambda tree, *args, **kw: jax.lax.map(
             lambda t: fn(t, *args, **kw), tree), static_argnames=static_argnames)
-    single = jax.jit(fn, static_argnames=static_argnames)
+    one = jax.jit(lambda tree, index, *args, **kw: fn(member(tree, index), *args, **kw),
+                  static_argnames=static_argnames)
 
     def looped(tree, *args, **kw):
-        size = len(jax.tree_util.tree_leaves(tree)[0])
-        return _stack([single(t, *args, **kw) for t in _unstack(size)(tree)])
+        return _stack([one(tree, np.int32(i), *args, **kw) for i in range(_size(tree))])
 
     return looped
 
 
 def step(train_step: Callable, lowering: str = "auto") -> Callable:
     """Lift a train step over ensemble members: ``(states, batch) -> (states, logs)``.
+
+    The ``states`` passed in are donated: their buffers are reused for the
+    result (in the ``"loop"`` lowering each member is updated in place), so
+    keep only the returned states.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -183,4 +193,20 @@ def step(train_step: Callable, lowering: str = "auto") -> Callable:
       >>> logs["task_losses"].shape
       (2, 2)
     """
-    return lift(train_step, lowering)
+    lowering = resolve_lowering(lowering)
+    if lowering != "loop":
+        return jax.jit(lift(train_step, lowering), donate_argnums=0)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def update(states, index, *args):
+        new, logs = train_step(member(states, index), *args)
+        return _put(states, new, index), logs
+
+    def looped(states, *args):
+        logs = []
+        for i in range(_size(states)):
+            states, out = update(states, np.int32(i), *args)
+            logs.append(out)
+        return states, _stack(logs)
+
+    return looped

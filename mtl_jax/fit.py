@@ -30,7 +30,11 @@ class Source(Protocol):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A task's loss became NaN or infinite; names the step, task and member."""
+    """A task's loss became NaN or infinite.
+
+    ``step`` is the index of the offending batch (``data.batch(step, ...)``),
+    so the state returned and saved last is the one after ``step`` updates.
+    """
 
     def __init__(self, step: int, task: str, value: float, member: int | None):
         where = "" if member is None else f" of ensemble member {member}"
@@ -116,7 +120,7 @@ def fit(train_step: Callable, state: TrainState, tasks: Tasks, data: Source, *, 
         for step in range(start, steps):
             state, logs = train_step(state, data.batch(step, batch_size, seed))
             losses = np.asarray(jax.device_get(logs["task_losses"]))
-            _check_finite(losses, tasks, step + 1, members)
+            _check_finite(losses, tasks, step, members)
             done = step + 1
             if done % log_every == 0 or done == steps:
                 _write_train(log, done, tasks, jax.device_get(logs), members)

@@ -189,7 +189,7 @@ def trace_norm(
     """
     if kind not in _UNFOLDINGS:
         raise ValueError(f"unknown trace norm kind {kind!r}; known kinds: {sorted(_UNFOLDINGS)}")
-    total = []
+    terms = []
     for path, leaf in _select(params, select):
         matrices = _UNFOLDINGS[kind](leaf)
         if gamma is None:
@@ -200,8 +200,8 @@ def trace_norm(
             raise ValueError(
                 f"gamma for kind {kind!r} needs {len(matrices)} weights for leaf "
                 f"{path!r} of shape {leaf.shape}, got {len(gamma)}")
-        total.extend(w * nuclear_norm(m) for w, m in zip(weights, matrices))
-    return sum(total)
+        terms.extend(w * nuclear_norm(m) for w, m in zip(weights, matrices))
+    return sum(terms)
 
 
 def _spread(leaf: jax.Array) -> jax.Array:
