@@ -126,15 +126,14 @@ def _set_hyperparameter(opt_state, name: str, values: jax.Array):
     return new_state
 
 
-def member(states: Any, index: int | jax.Array) -> Any:
-    """The ``index``-th member of a stacked pytree (``index`` may be traced)."""
-    return jax.tree_util.tree_map(
-        lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), states)
+def member(states: Any, index: int) -> Any:
+    """The ``index``-th member of a stacked pytree."""
+    return jax.tree_util.tree_map(lambda x: x[index], states)
 
 
-def _put(states: Any, new: Any, index: jax.Array) -> Any:
-    return jax.tree_util.tree_map(
-        lambda x, y: jax.lax.dynamic_update_index_in_dim(x, y, index, 0), states, new)
+@functools.cache
+def _unstack(size: int):
+    return jax.jit(lambda tree: [member(tree, i) for i in range(size)])
 
 
 @jax.jit
@@ -166,11 +165,10 @@ def lift(fn: Callable, lowering: str = "auto", *, static_argnames=()) -> Callabl
     if lowering == "map":
         return jax.jit(lambda tree, *args, **kw: jax.lax.map(
             lambda t: fn(t, *args, **kw), tree), static_argnames=static_argnames)
-    one = jax.jit(lambda tree, index, *args, **kw: fn(member(tree, index), *args, **kw),
-                  static_argnames=static_argnames)
+    one = jax.jit(fn, static_argnames=static_argnames)
 
     def looped(tree, *args, **kw):
-        return _stack([one(tree, np.int32(i), *args, **kw) for i in range(_size(tree))])
+        return _stack([one(t, *args, **kw) for t in _unstack(_size(tree))(tree)])
 
     return looped
 
@@ -178,9 +176,8 @@ def lift(fn: Callable, lowering: str = "auto", *, static_argnames=()) -> Callabl
 def step(train_step: Callable, lowering: str = "auto") -> Callable:
     """Lift a train step over ensemble members: ``(states, batch) -> (states, logs)``.
 
-    The ``states`` passed in are donated: their buffers are reused for the
-    result (in the ``"loop"`` lowering each member is updated in place), so
-    keep only the returned states.
+    The ``states`` passed in are donated (their buffers may be reused for the
+    result), so keep only the returned states.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -196,17 +193,13 @@ def step(train_step: Callable, lowering: str = "auto") -> Callable:
     lowering = resolve_lowering(lowering)
     if lowering != "loop":
         return jax.jit(lift(train_step, lowering), donate_argnums=0)
-
-    @functools.partial(jax.jit, donate_argnums=0)
-    def update(states, index, *args):
-        new, logs = train_step(member(states, index), *args)
-        return _put(states, new, index), logs
+    one = jax.jit(train_step, donate_argnums=0)
 
     def looped(states, *args):
-        logs = []
-        for i in range(_size(states)):
-            states, out = update(states, np.int32(i), *args)
-            logs.append(out)
-        return states, _stack(logs)
+        # One copy out of the stack and one back in per step. Updating members in
+        # place with dynamic_update_slice would avoid both, but XLA then copies
+        # the whole stacked optimizer state for every member (N^2 traffic).
+        results = [one(state, *args) for state in _unstack(_size(states))(states)]
+        return _stack([r[0] for r in results]), _stack([r[1] for r in results])
 
     return looped

@@ -166,7 +166,7 @@ def make_train_step(model: nn.Module, tasks: Tasks, optimizer: optax.GradientTra
         params = optax.apply_updates(state.params, updates)
         logs = {"loss": jnp.dot(state.loss_weights, aux["task_losses"])
                 + state.penalty_weight * aux["penalty"],
-                "grad_norm": optax.global_norm(grads), **aux}
+                "grad_norm": optax.tree.norm(grads), **aux}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), logs
 
     return step

@@ -92,6 +92,9 @@ class SoftSharing(nn.Module):
                                f"the towers are for {sorted(self.names)}")
             if task is not None:
                 raise ValueError("task selection needs one shared input, not a dict")
+            shapes = {name: tuple(x[name].shape) for name in self.names}
+            if len(set(shapes.values())) > 1:
+                raise ValueError(f"SoftSharing needs per-task inputs of one shape, got {shapes}")
             x = jnp.stack([x[name] for name in self.names])
         towers = nn.vmap(
             lambda module, inputs: module(inputs),
