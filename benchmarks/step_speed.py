@@ -211,7 +211,7 @@ def machine_info(devices: tuple[jax.Device, torch.device]) -> dict[str, Any]:
         "jax_device": jax_device.device_kind,
         "torch_device": torch.cuda.get_device_name(torch_device) if on_gpu else cpu_model(),
         "threads": {"torch": torch.get_num_threads(),
-                    "jax": "GPU" if on_gpu else f"XLA CPU default (all {cores} cores)"},
+                    "jax": "n/a (GPU)" if on_gpu else f"XLA CPU default (all {cores} cores)"},
         "versions": {"python": platform.python_version(), "jax": jax.__version__,
                      "flax": flax.__version__, "optax": optax.__version__,
                      "mtl_jax": mtl_jax.__version__, "torch": torch.__version__},

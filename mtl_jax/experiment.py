@@ -142,7 +142,7 @@ class Report:
 
     def table(self) -> str:
         delta = self.delta_m()
-        return metrics.markdown_table(self.rows(), self.directions,
+        return metrics.markdown_table(self.rows(), self.directions, digits=4,
                                       delta={"multi-task": delta, "single-task": None}
                                       if delta else None)
 

@@ -30,7 +30,16 @@ NUM_TASKS, BATCH = 2, 4
 TRUNKS = {trunk.name: trunk for trunk in step_speed.TRUNKS}
 
 
-def setup(trunk: step_speed.Trunk):
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny sizes need no threads; one avoids OpenMP stalls on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def setup(trunk: step_speed.Trunk, optimizer: optax.GradientTransformation):
     """The mtl_jax model, tasks, state and batch, and the torch twin with the same weights."""
     names = tuple(f"task{t}" for t in range(NUM_TASKS))
     model = mtl_jax.models.HardSharing(trunk.flax_trunk(),
@@ -40,7 +49,7 @@ def setup(trunk: step_speed.Trunk):
     x = rng.standard_normal((BATCH, *step_speed.IMAGE_SHAPE), dtype=np.float32)
     labels = rng.integers(0, 10, (NUM_TASKS, BATCH), dtype=np.int32)
     batch = {"x": jnp.asarray(x), "y": {n: jnp.asarray(y) for n, y in zip(names, labels)}}
-    state = mtl_jax.init_state(model, tasks, jax.random.key(0), batch, optax.adam(1e-3))
+    state = mtl_jax.init_state(model, tasks, jax.random.key(0), batch, optimizer)
     torch_model = torch_twin(trunk, state.params)
     x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     ys = [torch.from_numpy(y.astype(np.int64)) for y in labels]
@@ -69,16 +78,22 @@ def assert_params_close(model: torch.nn.Module, expected: torch.nn.Module, *, gr
 def test_port_matches_mtl_jax(trunk_name):
     """Same loss and gradients, then the same weights after one Adam step."""
     trunk = TRUNKS[trunk_name]
-    model, tasks, state, batch, torch_model, x, ys = setup(trunk)
     # Adam's first update is lr * g / (|g| + eps): with the default eps = 1e-8 it
     # turns float32 rounding in gradients near 1e-8 into differences of up to lr.
     # A larger eps keeps the update rule (and tests where eps enters it) but
     # bounds that amplification by lr / eps = 1.
     optimizer = optax.adam(1e-3, eps=1e-3)
-    state = state.replace(opt_state=optimizer.init(state.params))
-    grads = jax.jit(jax.grad(lambda p: make_loss_fn(model, tasks)(
-        p, batch, state.loss_weights, state.penalty_weight)[0]))(state.params)
-    new_state, logs = jax.jit(mtl_jax.make_train_step(model, tasks, optimizer))(state, batch)
+    model, tasks, state, batch, torch_model, x, ys = setup(trunk, optimizer)
+    loss_fn, train_step = make_loss_fn(model, tasks), mtl_jax.make_train_step(model, tasks,
+                                                                              optimizer)
+
+    @jax.jit  # one compilation for the gradients and the step
+    def grads_and_step(state, batch):
+        grads = jax.grad(lambda p: loss_fn(p, batch, state.loss_weights,
+                                           state.penalty_weight)[0])(state.params)
+        return grads, *train_step(state, batch)
+
+    grads, new_state, logs = grads_and_step(state, batch)
 
     torch_optimizer = torch.optim.Adam(torch_model.parameters(), lr=1e-3, eps=1e-3)
     torch_loss = torch_models.make_train_step(torch_model, torch_optimizer)(x, ys)
@@ -100,12 +115,8 @@ def test_step_speed_smoke(tmp_path, monkeypatch):
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    threads = torch.get_num_threads()
-    try:
-        step_speed.main(["--tasks", "2", "--batch", "4", "--repeats", "1", "--warmup", "1",
-                         "--device", "cpu", "--out-dir", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+    step_speed.main(["--tasks", "2", "--batch", "4", "--repeats", "1", "--warmup", "1",
+                     "--device", "cpu", "--threads", "1", "--out-dir", str(tmp_path)])
 
     report = json.loads((tmp_path / "step_speed_cpu.json").read_text())
     rows = {(r["model"], r["framework"]): r for r in report["rows"]}
@@ -118,6 +129,7 @@ def test_step_speed_smoke(tmp_path, monkeypatch):
         np.testing.assert_allclose(eager["loss_at_step_1"], ours["loss_at_step_1"], rtol=1e-5)
         assert "no C++ compiler" in rows[trunk, "PyTorch torch.compile"]["error"]
     assert report["config"]["tasks"] == 2 and "--batch 4" in report["command"]
+    assert report["machine"]["threads"]["torch"] == 1
     page = (tmp_path / "step_speed_cpu.md").read_text()
     assert "| model | framework | median ms/step |" in page
     assert "no C++ compiler" in page

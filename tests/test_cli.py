@@ -1,0 +1,109 @@
+"""The mtl-jax command line: help, list, a short real run, and clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mtl_jax import cli
+from mtl_jax.experiment import Config, member_plan
+
+SHORT = ["train", "--trunk", "mlp", "--steps", "30", "--batch-size", "32", "--eval-every", "15",
+         "--checkpoint-every", "10", "--quiet"]
+
+
+def test_help_documents_every_flag(capsys):
+    train_parser = cli.parser()._subparsers._group_actions[0].choices["train"]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    flags = [opt for action in train_parser._actions for opt in action.option_strings]
+    assert len(flags) > 15
+    for flag in flags:
+        assert flag in text
+    for action in train_parser._actions:
+        assert action.help, f"{action.option_strings} has no help"
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "train" in capsys.readouterr().out
+
+
+def test_list_names_every_choice(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("hard", "soft", "trace-tucker", "l2-pairwise", "multidigits", "conv"):
+        assert name in out
+
+
+def test_short_run_prints_table_and_writes_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main([*SHORT, "--seeds", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "multi-task" in printed and "single-task" in printed and "Δm%" in printed
+    for name in ("config.json", "metrics.jsonl", "curves.png", "results.json", "results.md"):
+        assert (out / name).exists(), name
+    assert (out / "checkpoints" / "30").is_dir()
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 2 and len(results["baselines"]) == 2
+    # Δm from the saved per-task accuracies, recomputed here from its definition.
+    base = {t: np.mean([b[t]["accuracy"] for b in results["baselines"]]) for t in ("left",
+                                                                                  "right")}
+    deltas = [np.mean([-(r[t]["accuracy"] - base[t]) / base[t] * 100 for t in base])
+              for r in results["runs"]]
+    np.testing.assert_allclose(results["delta_m"], [np.mean(deltas), np.std(deltas)], rtol=1e-9)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # 2 seeds + 2 tasks x 2 seeds of baselines = 6 members, logged every 10 steps.
+    assert sum(r["split"] == "train" for r in records) == 6 * 3
+    assert sorted({r["step"] for r in records if r["split"] == "test"}) == [15, 30]
+
+
+def test_baselines_are_one_hot_members_without_penalty():
+    weights, penalty = member_plan(Config(seeds=2, penalty_weight=0.5, arch="soft"), 3)
+    np.testing.assert_array_equal(weights, [[1, 1, 1]] * 2 + [[1, 0, 0]] * 2 + [[0, 1, 0]] * 2
+                                  + [[0, 0, 1]] * 2)
+    np.testing.assert_array_equal(penalty, [0.5, 0.5] + [0.0] * 6)
+
+
+def exit_code(args):
+    """main's return value, or the code argparse exits with."""
+    try:
+        return cli.main(args)
+    except SystemExit as exit:
+        return exit.code
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "cross"], "invalid choice"),
+    (["--penalty", "l2"], "needs arch 'soft'"),
+    (["--loss-weights", "1,-2"], "loss_weights must be finite and >= 0"),
+    (["--loss-weights", "1,2,3"], "3 entries for 2 tasks"),
+    (["--loss-weights", "a,b"], "comma-separated numbers"),
+    (["--steps", "0"], "steps must be >= 1"),
+    (["--lr", "-1"], "learning_rate must be positive"),
+    (["--penalty-weight", "nan", "--arch", "soft"], "penalty_weight must be >= 0"),
+    (["--resume"], "--resume needs --out"),
+])
+def test_bad_arguments_get_one_clear_line(args, message, capsys):
+    assert exit_code([*SHORT, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_existing_run_is_not_overwritten_and_foreign_resume_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main([*SHORT, "--no-baselines", "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert cli.main([*SHORT, "--no-baselines", "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli.main([*SHORT, "--no-baselines", "--lr", "0.01", "--out", str(out),
+                     "--resume"]) == 2
+    assert "different configuration" in capsys.readouterr().err
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_unwritable_output_directory(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main([*SHORT, "--out", str(blocker / "run")]) == 2
+    assert "not writable" in capsys.readouterr().err
