@@ -39,9 +39,9 @@ import jax
 import numpy as np
 import optax
 import torch
+import torch_models
 
 import mtl_jax
-import torch_models
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 IMAGE_SHAPE = (32, 32, 3)  # H, W, C
@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = {
         "backend": devices[0].platform,
         "command": shlex.join(["python", "benchmarks/step_speed.py", *argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": {k: str(v) if isinstance(v, pathlib.Path) else v
                    for k, v in vars(args).items()},
         "machine": machine_info(devices),

@@ -4,6 +4,6 @@ from mtl_jax import ensemble, metrics, models, penalties
 from mtl_jax.tasks import Task, Tasks, binary, classification, regression
 from mtl_jax.train import TrainState, init_state, make_eval_step, make_train_step
 
-__all__ = ["Task", "Tasks", "TrainState", "binary", "classification", "ensemble",
-           "init_state", "make_eval_step", "make_train_step", "metrics", "models", "penalties", "regression"]
+__all__ = ["Task", "Tasks", "TrainState", "binary", "classification", "ensemble", "init_state",
+           "make_eval_step", "make_train_step", "metrics", "models", "penalties", "regression"]
 __version__ = "0.1.0"

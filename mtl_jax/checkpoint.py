@@ -97,9 +97,9 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, *, force: bool = False) -> None:
         """Save ``state`` at ``step`` if it is due (or ``force``); asynchronous."""
-        if force or step % self.save_every == 0:
-            if step not in self._manager.all_steps():
-                self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        due = force or step % self.save_every == 0
+        if due and step not in self._manager.all_steps():
+            self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def restore_latest(self, template: Any) -> Any | None:
         """The latest checkpoint, laid out like ``template``; None when there is none."""

@@ -26,8 +26,6 @@ CATALOGUE = {
     "trunks": {"conv": "the seed's ConvNet (SharedEncoder): conv32-pool-conv64-pool-dense256",
                "mlp": "two dense layers of 256"},
 }
-assert set(CATALOGUE["archs"]) == set(ARCHS) and set(CATALOGUE["penalties"]) == set(PENALTIES)
-assert set(CATALOGUE["datasets"]) == set(DATASETS) and set(CATALOGUE["trunks"]) == set(TRUNKS)
 
 
 def _weights(text: str) -> tuple[float, ...]:

@@ -28,7 +28,14 @@ import numpy as np
 import optax
 
 from mtl_jax.tasks import Tasks
-from mtl_jax.train import Batch, TrainState, _as_penalty_weight, _as_weights, init_state
+from mtl_jax.train import (
+    Batch,
+    TrainState,
+    as_loss_weights,
+    as_penalty_weight,
+    check_setup,
+    state_builder,
+)
 
 LOWERINGS = ("auto", "vmap", "loop", "map")
 
@@ -88,21 +95,20 @@ def init(model: nn.Module, tasks: Tasks, keys: jax.Array, example_batch: Batch,
                          else loss_weights, size, (len(tasks),))
     penalties = _broadcast("penalty_weight", penalty_weight, size, ())
     for w, p in zip(weights, penalties):
-        _as_weights(w, len(tasks))
-        _as_penalty_weight(p)
-    template = jax.eval_shape(lambda: init_state(model, tasks, keys[0], example_batch,
-                                                 optimizer))
-    del template  # validation only: shapes, names and outputs are checked above
-    params = jax.jit(jax.vmap(lambda k: model.init(k, example_batch["x"])))(keys)
-    opt_state = jax.vmap(optimizer.init)(params)
+        as_loss_weights(w, len(tasks))
+        as_penalty_weight(p)
     if learning_rate is not None:
         rates = _broadcast("learning_rate", learning_rate, size, ())
         if not np.all(np.isfinite(rates)) or np.any(rates <= 0):
             raise ValueError(f"learning_rate must be positive and finite, got {rates.tolist()}")
-        opt_state = _set_hyperparameter(opt_state, "learning_rate", jnp.asarray(rates, jnp.float32))
-    return TrainState(step=jnp.zeros((size,), jnp.int32), params=params, opt_state=opt_state,
-                      loss_weights=jnp.asarray(weights, jnp.float32),
-                      penalty_weight=jnp.asarray(penalties, jnp.float32))
+    check_setup(model, tasks, keys[0], example_batch)
+    build = jax.jit(jax.vmap(state_builder(model, optimizer), in_axes=(0, None, 0, 0)))
+    states = build(keys, example_batch["x"], jnp.asarray(weights, jnp.float32),
+                   jnp.asarray(penalties, jnp.float32))
+    if learning_rate is None:
+        return states
+    return states.replace(opt_state=_set_hyperparameter(states.opt_state, "learning_rate",
+                                                        jnp.asarray(rates, jnp.float32)))
 
 
 def _set_hyperparameter(opt_state, name: str, values: jax.Array):

@@ -26,15 +26,18 @@ from mtl_jax.checkpoint import CONFIG_FILE, Checkpointer, CheckpointError, check
 from mtl_jax.data import Dataset, multidigits, synthetic_images
 from mtl_jax.fit import evaluate, fit
 from mtl_jax.models import ConvTrunk, HardSharing, MLPTrunk, SoftSharing, StackedHeads
+from mtl_jax.plots import plot_curves
 from mtl_jax.tasks import Tasks, classification
 from mtl_jax.train import make_eval_step, make_train_step
 
 DATASETS: dict[str, Callable[[int], tuple[Dataset, Dataset]]] = {
     "multidigits": lambda seed: multidigits(seed=seed),
-    "synthetic": lambda seed: tuple(
-        synthetic_images(4, num_examples=n, seed=seed).subset(np.arange(lo, n))
-        for n, lo in ((4096, 1024), (1024, 0))),
+    "synthetic": lambda seed: _split(synthetic_images(4, num_examples=5120, seed=seed), 1024),
 }
+
+def _split(data: Dataset, num_test: int) -> tuple[Dataset, Dataset]:
+    return data.subset(np.arange(num_test, len(data))), data.subset(np.arange(num_test))
+
 
 TRUNKS: dict[str, Callable[[], nn.Module]] = {
     "conv": ConvTrunk,
@@ -211,7 +214,6 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
     if out_dir is not None:
         (out_dir / "results.json").write_text(json.dumps(report.to_json(), indent=2))
         (out_dir / "results.md").write_text(report.table() + "\n")
-        from mtl_jax.plots import plot_curves
         plot_curves(log_path, tasks, config.seeds, out_dir / "curves.png")
     return report
 

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mtl_jax.checkpoint import Checkpointer
+from mtl_jax.ensemble import member
 from mtl_jax.tasks import Tasks
 from mtl_jax.train import TrainState
 
@@ -68,8 +69,7 @@ def evaluate(eval_step: Callable, params: Any, tasks: Tasks, data, batch_size: i
             totals.update(_accumulate(eval_step, params, batches, name))
     if members is None:
         return tasks.finalize(totals)
-    return [tasks.finalize(jax.tree_util.tree_map(lambda x: x[i], totals))
-            for i in range(members)]
+    return [tasks.finalize(member(totals, i)) for i in range(members)]
 
 
 def _accumulate(eval_step, params, batches, task):
@@ -150,20 +150,16 @@ def _check_finite(losses: np.ndarray, tasks: Tasks, step: int, members: int | No
                                  int(member[0]) if member else None)
 
 
-def _records(members: int | None):
-    return [(None, lambda x: x)] if members is None else [
-        (i, lambda x, i=i: x[i]) for i in range(members)]
-
-
 def _write_train(log, step: int, tasks: Tasks, logs: Mapping, members: int | None) -> None:
     if log is None:
         return
-    for member, take in _records(members):
+    for index in [None] if members is None else range(members):
+        values = logs if index is None else member(logs, index)
         record = {"step": step, "split": "train",
-                  "losses": dict(zip(tasks.names, map(float, take(logs["task_losses"])))),
-                  "loss": float(take(logs["loss"])), "penalty": float(take(logs["penalty"]))}
-        if member is not None:
-            record["member"] = member
+                  "losses": dict(zip(tasks.names, map(float, values["task_losses"]))),
+                  "loss": float(values["loss"]), "penalty": float(values["penalty"])}
+        if index is not None:
+            record["member"] = index
         log.write(json.dumps(record) + "\n")
     log.flush()
 
@@ -172,9 +168,9 @@ def _write_eval(log, step: int, results) -> None:
     if log is None:
         return
     per_member = results if isinstance(results, list) else [results]
-    for member, metrics in enumerate(per_member):
+    for index, metrics in enumerate(per_member):
         record = {"step": step, "split": "test", "metrics": metrics}
         if isinstance(results, list):
-            record["member"] = member
+            record["member"] = index
         log.write(json.dumps(record) + "\n")
     log.flush()

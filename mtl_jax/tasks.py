@@ -189,7 +189,7 @@ class Tasks:
     def __getitem__(self, name: str) -> Task:
         return self._by_name[name]
 
-    def select(self, names: Iterable[str]) -> "Tasks":
+    def select(self, names: Iterable[str]) -> Tasks:
         """The sub-collection of the named tasks, in the given order."""
         names = list(names)
         unknown = [n for n in names if n not in self._by_name]

@@ -66,7 +66,8 @@ def check_batch(tasks: Tasks, batch: Batch) -> None:
                              f"{sorted(rows)}")
 
 
-def _as_weights(loss_weights, num_tasks: int) -> jax.Array:
+def as_loss_weights(loss_weights, num_tasks: int) -> jax.Array:
+    """``loss_weights`` (None: all ones) as a float32 ``[T]``; raises if invalid."""
     weights = np.ones(num_tasks) if loss_weights is None else np.asarray(loss_weights, float)
     if weights.shape != (num_tasks,):
         raise ValueError(f"loss_weights has shape {weights.shape}, expected ({num_tasks},): "
@@ -76,7 +77,8 @@ def _as_weights(loss_weights, num_tasks: int) -> jax.Array:
     return jnp.asarray(weights, jnp.float32)
 
 
-def _as_penalty_weight(penalty_weight) -> jax.Array:
+def as_penalty_weight(penalty_weight) -> jax.Array:
+    """``penalty_weight`` as a float32 scalar; raises unless finite and >= 0."""
     value = float(penalty_weight)
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"penalty_weight must be finite and non-negative, got {value}")
@@ -107,16 +109,30 @@ def init_state(model: nn.Module, tasks: Tasks, key: jax.Array, example_batch: Ba
       >>> int(state.step), state.loss_weights.tolist()
       (0, [1.0, 1.0])
     """
+    check_setup(model, tasks, key, example_batch)
+    build = jax.jit(state_builder(model, optimizer))
+    return build(key, example_batch["x"], as_loss_weights(loss_weights, len(tasks)),
+                 as_penalty_weight(penalty_weight))
+
+
+def check_setup(model: nn.Module, tasks: Tasks, key: jax.Array, example_batch: Batch) -> None:
+    """Validate a batch and the model's outputs against the tasks (shapes only)."""
     check_batch(tasks, example_batch)
-    weights = _as_weights(loss_weights, len(tasks))
-    penalty_weight = _as_penalty_weight(penalty_weight)
     outputs = jax.eval_shape(lambda: model.apply(model.init(key, example_batch["x"]),
                                                  example_batch["x"]))
     tasks.check_outputs(outputs)
-    params = model.init(key, example_batch["x"])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), loss_weights=weights,
-                      penalty_weight=penalty_weight)
+
+
+def state_builder(model: nn.Module, optimizer: optax.GradientTransformation):
+    """``build(key, inputs, loss_weights, penalty_weight) -> TrainState``, to jit or vmap."""
+
+    def build(key, inputs, loss_weights, penalty_weight):
+        params = model.init(key, inputs)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=optimizer.init(params), loss_weights=loss_weights,
+                          penalty_weight=penalty_weight)
+
+    return build
 
 
 def make_loss_fn(model: nn.Module, tasks: Tasks, penalty: Penalty | None = None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mtl_jax import cli
-from mtl_jax.experiment import Config, member_plan
+from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, member_plan
 
 SHORT = ["train", "--trunk", "mlp", "--steps", "30", "--batch-size", "32", "--eval-every", "15",
          "--checkpoint-every", "10", "--quiet"]
@@ -28,11 +28,15 @@ def test_help_documents_every_flag(capsys):
     assert "train" in capsys.readouterr().out
 
 
-def test_list_names_every_choice(capsys):
+def test_list_describes_every_registered_choice(capsys):
+    registries = {"archs": ARCHS, "penalties": PENALTIES, "datasets": DATASETS, "trunks": TRUNKS}
+    for what, names in registries.items():
+        assert set(cli.CATALOGUE[what]) == set(names), what
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("hard", "soft", "trace-tucker", "l2-pairwise", "multidigits", "conv"):
-        assert name in out
+    for names in registries.values():
+        for name in names:
+            assert f"  {name} " in out
 
 
 def test_short_run_prints_table_and_writes_run_directory(tmp_path, capsys):

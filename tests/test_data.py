@@ -5,8 +5,15 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
-from mtl_jax.data import (Dataset, MultiSource, multidigit_pairs, multidigits, pooled_features,
-                          source_pools, synthetic_images)
+from mtl_jax.data import (
+    Dataset,
+    MultiSource,
+    multidigit_pairs,
+    multidigits,
+    pooled_features,
+    source_pools,
+    synthetic_images,
+)
 
 
 def toy(n=10, name="toy"):

@@ -12,8 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtl_jax.models import (ConvTrunk, HardSharing, MLPTrunk, SharedEncoder, SoftSharing,
-                            StackedHeads, TaskHeads)
+from mtl_jax.models import (
+    ConvTrunk,
+    HardSharing,
+    MLPTrunk,
+    SharedEncoder,
+    SoftSharing,
+    StackedHeads,
+    TaskHeads,
+)
 
 RTOL, ATOL = 1e-5, 1e-5
 

@@ -110,6 +110,7 @@ def test_step_compiles_once_across_steps(hetero_model, tasks):
     for _ in range(5):
         state, _ = step(state, make_batch(rng))
     assert len(traces) == 1 and int(state.step) == 5
+    assert step._cache_size() == 1  # traced once and compiled once
 
 
 def test_multi_input_losses_are_each_tasks_own(hetero_model, tasks):

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 
 class MLPTrunk(nn.Module):
