@@ -9,7 +9,7 @@ import sys
 from mtl_jax import ensemble
 from mtl_jax.checkpoint import CheckpointError
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
-from mtl_jax.fit import NonFiniteLossError
+from mtl_jax.loop import NonFiniteLossError
 
 CATALOGUE = {
     "archs": {"hard": "shared trunk, stacked per-task heads (hard parameter sharing)",

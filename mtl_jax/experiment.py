@@ -24,7 +24,7 @@ import optax
 from mtl_jax import ensemble, metrics, penalties
 from mtl_jax.checkpoint import CONFIG_FILE, Checkpointer, CheckpointError, check_writable
 from mtl_jax.data import Dataset, multidigits, synthetic_images
-from mtl_jax.fit import evaluate, fit
+from mtl_jax.loop import evaluate, fit
 from mtl_jax.models import ConvTrunk, HardSharing, MLPTrunk, SoftSharing, StackedHeads
 from mtl_jax.plots import plot_curves
 from mtl_jax.tasks import Tasks, classification
@@ -136,16 +136,12 @@ class Report:
             return None
         base = {t: {m: v[0] for m, v in ms.items()}
                 for t, ms in metrics.mean_std(self.baselines).items()}
-        deltas = [metrics.delta_m(run, base, self.directions) for run in self.runs]
+        deltas = [metrics.delta_m(run, base, self.tasks.higher_is_better) for run in self.runs]
         return float(np.mean(deltas)), float(np.std(deltas))
-
-    @property
-    def directions(self) -> dict[str, dict[str, bool]]:
-        return {t.name: t.higher_is_better for t in self.tasks}
 
     def table(self) -> str:
         delta = self.delta_m()
-        return metrics.markdown_table(self.rows(), self.directions, digits=4,
+        return metrics.markdown_table(self.rows(), self.tasks.higher_is_better, digits=4,
                                       delta={"multi-task": delta, "single-task": None}
                                       if delta else None)
 

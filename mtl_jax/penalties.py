@@ -84,7 +84,7 @@ def nuclear_norm(matrix: ArrayLike) -> jax.Array:
 
 @jax.custom_jvp
 def _nuclear_norm(matrix: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.linalg.svd(matrix, compute_uv=False))
+    return jnp.sum(jnp.linalg.svd(matrix, full_matrices=False, compute_uv=False))
 
 
 @_nuclear_norm.defjvp

@@ -189,6 +189,11 @@ class Tasks:
     def __getitem__(self, name: str) -> Task:
         return self._by_name[name]
 
+    @property
+    def higher_is_better(self) -> dict[str, dict[str, bool]]:
+        """``{task: {metric: higher_is_better}}``, the directions Δm and tables need."""
+        return {t.name: t.higher_is_better for t in self.tasks}
+
     def select(self, names: Iterable[str]) -> Tasks:
         """The sub-collection of the named tasks, in the given order."""
         names = list(names)

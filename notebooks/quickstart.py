@@ -47,7 +47,7 @@ from IPython.display import Markdown, display
 
 import mtl_jax
 import mtl_jax.data
-from mtl_jax.fit import evaluate, fit
+from mtl_jax import evaluate, fit
 from mtl_jax.models import HardSharing, MLPTrunk, SoftSharing, StackedHeads
 
 STEPS, BATCH = 300, 64  # a short run: enough to separate the models, fast on a CPU
@@ -81,7 +81,7 @@ plt.show()
 
 # %%
 tasks = mtl_jax.Tasks([mtl_jax.classification(name, 10) for name in ("left", "right")])
-directions = {task.name: task.higher_is_better for task in tasks}  # for the result tables
+directions = tasks.higher_is_better  # for the result tables
 example = train.batch(0, BATCH, seed=0)
 print({key: value.shape for key, value in example["y"].items()}, example["x"].shape)
 print(directions)
@@ -198,9 +198,8 @@ for i, (label, result) in enumerate(results.items()):
     accuracies = [result[task]["accuracy"] for task in tasks.names]
     bars = axes[2].bar(np.arange(len(tasks)) + (i - 0.5) * width, accuracies, width, label=label)
     axes[2].bar_label(bars, fmt="%.3f", fontsize=8)
-axes[2].set(title="final test accuracy", xticks=range(len(tasks)), xticklabels=tasks.names,
-            ylim=(0.8, 1.0))
-axes[2].legend(loc="lower right")
+axes[2].set(title="final test accuracy (colours as left)", xticks=range(len(tasks)),
+            xticklabels=tasks.names, ylim=(0.8, 1.0))
 fig.tight_layout()
 plt.show()
 
@@ -212,7 +211,8 @@ plt.show()
 # on accelerators, a loop over one compiled step on a CPU, where that is
 # faster), and `ensemble.lift` does the same for the eval step. `fit` and
 # `evaluate` work unchanged; `evaluate` then returns one result per member.
-# Loss weights, penalty weight and learning rate can differ per member, too.
+# Here the three members differ only in their initialisation (they see the same
+# batches); loss weights, penalty weight and learning rate can differ per member, too.
 
 # %%
 SEEDS = 3

@@ -31,10 +31,11 @@ KERNEL = "python3"
 def kernel_env(tmp_path_factory):
     """A ``python3`` kernelspec that runs *this* interpreter, first on JUPYTER_PATH.
 
-    The spec that ipykernel installs starts ``python`` from PATH, which need not be
-    the interpreter (or virtual environment) that has mtl_jax installed; one may
-    also be missing altogether. ``ipykernel.kernelspec.install`` writes a spec
-    whose argv is ``sys.executable``.
+    jupyter_client already falls back to ipykernel's built-in ``python3`` spec
+    (and runs a spec's bare ``python`` as ``sys.executable``), but a ``python3``
+    spec elsewhere on the Jupyter path (a user's, a conda env's) may name another
+    interpreter, one without mtl_jax. ``ipykernel.kernelspec.install`` writes a
+    spec whose argv is ``sys.executable``; put first, it wins.
     """
     from ipykernel.kernelspec import install
 
@@ -44,7 +45,7 @@ def kernel_env(tmp_path_factory):
     assert spec["argv"][0] == sys.executable
     patch = pytest.MonkeyPatch()
     patch.setenv("JUPYTER_PATH", str(prefix / "share/jupyter"))
-    patch.setenv("MPLBACKEND", "Agg")  # no display needed; inline figures still render
+    patch.delenv("MPLBACKEND", raising=False)  # ipykernel then picks the inline backend
     yield
     patch.undo()
 
@@ -58,9 +59,11 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", IPYNB, ids=_ids(IPYNB))
-def test_notebook_executes(path, tmp_path, kernel_env):
-    workdir = tmp_path / "run"
+def test_notebook_executes(path, tmp_path, kernel_env, monkeypatch):
+    workdir, scratch = tmp_path / "run", tmp_path / "tmp"
     workdir.mkdir()
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the kernel's tempfile files land here
     copy = shutil.copy(path, workdir / path.name)
     notebook = nbformat.read(copy, as_version=4)
     client = nbclient.NotebookClient(

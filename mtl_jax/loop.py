@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.ensemble import member

@@ -1,4 +1,4 @@
-"""fit: logs, evaluation, and a clean stop at the first non-finite loss."""
+"""The training loop (mtl_jax.loop): logs, evaluation, a clean stop at a non-finite loss."""
 
 import json
 
@@ -10,7 +10,7 @@ import pytest
 import mtl_jax as mtl
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import Dataset, MultiSource
-from mtl_jax.fit import NonFiniteLossError, evaluate, fit
+from mtl_jax.loop import NonFiniteLossError, evaluate, fit
 
 
 def dataset(rng, n=48):
