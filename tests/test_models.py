@@ -508,3 +508,14 @@ def test_soft_sharing_gradients_reach_every_tower(soft):
     for leaf in jax.tree_util.tree_leaves(grads):
         leaf = np.asarray(leaf)
         assert np.all(leaf[[0, 2]] == 0) and np.linalg.norm(leaf[1]) > 0
+
+
+def test_max_pool_equals_flax_max_pool_and_its_gradient_reaches_the_maxima():
+    from mtl_jax.models.trunks import max_pool
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 6, 3)), jnp.float32)
+    expected = nn.max_pool(x, (2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(max_pool(x, 2), expected)
+    grad = jax.grad(lambda v: max_pool(v, 2).sum())(x)
+    flax_grad = jax.grad(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2)).sum())(x)
+    np.testing.assert_array_equal(grad, flax_grad)  # no ties in random data

@@ -68,14 +68,31 @@ class ConvTrunk(nn.Module):
         if x.ndim != 4:
             raise ValueError(
                 f"ConvTrunk expects NHWC images of rank 4, got shape {x.shape}")
-        window = (self.pool, self.pool)
         for channels in self.conv_features:
             x = nn.Conv(channels, (self.kernel_size, self.kernel_size), padding="SAME")(x)
-            x = nn.max_pool(nn.relu(x), window, strides=window)
+            x = max_pool(nn.relu(x), self.pool)
         x = x.reshape((x.shape[0], -1))
         for width in self.dense_features:
             x = nn.relu(nn.Dense(width)(x))
         return x
+
+
+def max_pool(x: jax.Array, size: int) -> jax.Array:
+    """Non-overlapping ``size x size`` max-pool of NHWC ``x`` (a trailing remainder is dropped).
+
+    Equal to ``nn.max_pool(x, (size, size), strides=(size, size))``, written as a
+    reshape and a max so that its gradient is a cheap mask rather than XLA's
+    select-and-scatter, which dominates a ConvNet's backward pass on CPU
+    (``benchmarks/results/step_speed_cpu.md``).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> max_pool(jnp.arange(16.0).reshape(1, 4, 4, 1), 2)[0, :, :, 0].tolist()
+      [[5.0, 7.0], [13.0, 15.0]]
+    """
+    batch, height, width, channels = x.shape
+    x = x[:, :height // size * size, :width // size * size]
+    return x.reshape(batch, height // size, size, width // size, size, channels).max(axis=(2, 4))
 
 
 SharedEncoder = ConvTrunk
