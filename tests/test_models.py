@@ -519,3 +519,37 @@ def test_max_pool_equals_flax_max_pool_and_its_gradient_reaches_the_maxima():
     grad = jax.grad(lambda v: max_pool(v, 2).sum())(x)
     flax_grad = jax.grad(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2)).sum())(x)
     np.testing.assert_array_equal(grad, flax_grad)  # no ties in random data
+
+
+def test_soft_sharing_lowerings_agree_on_outputs_and_gradients():
+    tower = nn.Sequential([ConvTrunk((4, 6), (5,)), nn.Dense(3)])
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
+    vmapped = SoftSharing(tower, ("a", "b", "c"), lowering="vmap")
+    unrolled = SoftSharing(tower, ("a", "b", "c"), lowering="unroll")
+    params = vmapped.init(jax.random.key(0), x)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params,
+                           unrolled.init(jax.random.key(0), x))
+    out_v, out_u = vmapped.apply(params, x), unrolled.apply(params, x)
+    for name in ("a", "b", "c"):
+        np.testing.assert_allclose(out_u[name], out_v[name], atol=1e-5)
+    np.testing.assert_allclose(unrolled.apply(params, x, task="b"), out_v["b"], atol=1e-5)
+
+    def loss(model):
+        return lambda p: sum(jnp.sum(v ** 2) for v in model.apply(p, x).values())
+
+    jax.tree_util.tree_map(lambda g, h: np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5),
+                           jax.grad(loss(vmapped))(params), jax.grad(loss(unrolled))(params))
+
+
+def test_soft_sharing_unrolled_accepts_per_task_inputs_of_different_sizes():
+    model = SoftSharing(nn.Dense(2), ("a", "b"), lowering="unroll")
+    x = {"a": jnp.ones((3, 4)), "b": jnp.ones((5, 4))}
+    params = model.init(jax.random.key(0), {"a": jnp.ones((3, 4)), "b": jnp.ones((3, 4))})
+    out = model.apply(params, x)
+    kernel = np.asarray(params["params"]["tower"]["kernel"])
+    bias = np.asarray(params["params"]["tower"]["bias"])
+    np.testing.assert_allclose(out["b"], np.ones((5, 4)) @ kernel[1] + bias[1], rtol=1e-6)
+    with pytest.raises(ValueError, match="one shape"):
+        SoftSharing(nn.Dense(2), ("a", "b"), lowering="vmap").apply(params, x)
+    with pytest.raises(ValueError, match="unknown SoftSharing lowering"):
+        SoftSharing(nn.Dense(2), ("a", "b"), lowering="pmap").apply(params, x)
