@@ -138,14 +138,19 @@ def state_builder(model: nn.Module, optimizer: optax.GradientTransformation):
 def make_loss_fn(model: nn.Module, tasks: Tasks, penalty: Penalty | None = None):
     """``loss_fn(params, batch, loss_weights, penalty_weight) -> (total, aux)``.
 
-    ``aux`` holds the per-task losses ``[T]`` and the penalty value.
+    ``aux`` holds the per-task losses ``[T]`` and the penalty value (0, and not
+    computed, where the penalty weight is 0).
     """
 
     def loss_fn(params, batch, loss_weights, penalty_weight):
         check_batch(tasks, batch)
         outputs = model.apply(params, batch["x"])
         task_losses = tasks.losses(outputs, batch["y"])
-        penalty_value = jnp.zeros(()) if penalty is None else penalty(params)
+        penalty_value = jnp.zeros(())
+        if penalty is not None:  # skipped where its weight is 0 (e.g. single-task baselines)
+            dtype = jax.eval_shape(penalty, params).dtype
+            penalty_value = jax.lax.cond(penalty_weight > 0, penalty,
+                                         lambda _: jnp.zeros((), dtype), params)
         total = jnp.dot(loss_weights, task_losses) + penalty_weight * penalty_value
         return total, {"task_losses": task_losses, "penalty": penalty_value}
 
