@@ -70,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
         help="save a checkpoint every N steps (and at the end)")
     add("--keep", type=int, default=defaults.keep, help="checkpoints to keep")
     add("--lowering", default=defaults.lowering, choices=ensemble.LOWERINGS,
-        help="how members are stepped together (auto: loop on CPU, vmap on accelerators)")
+        help="how members are stepped together (auto: a loop of compiled steps for conv "
+        "models on CPU, vmap otherwise)")
     add("--out", default=None,
         help="run directory (default: runs/<date-time>); an existing run is never overwritten")
     add("--resume", action="store_true",

@@ -12,7 +12,8 @@ Three lowerings compute the same thing:
   (``benchmarks/ensemble_lowering.py`` measures it).
 * ``"map"``: ``jax.lax.map`` over members inside one program (low memory).
 
-``"auto"`` picks ``"loop"`` on CPU and ``"vmap"`` elsewhere.
+``"auto"`` picks ``"loop"`` for functions with convolutions on CPU and
+``"vmap"`` otherwise (decided at the first call, from the traced function).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -40,13 +42,27 @@ from mtl_jax.train import (
 LOWERINGS = ("auto", "vmap", "loop", "map")
 
 
-def resolve_lowering(lowering: str) -> str:
-    """The concrete lowering for ``lowering`` on the default backend."""
+def _check_lowering(lowering: str) -> None:
     if lowering not in LOWERINGS:
         raise ValueError(f"unknown ensemble lowering {lowering!r}; choose from {LOWERINGS}")
-    if lowering == "auto":
-        return "loop" if jax.default_backend() == "cpu" else "vmap"
-    return lowering
+
+
+def _has_convolution(jaxpr: jax.extend.core.Jaxpr) -> bool:
+    return (any(eqn.primitive.name == "conv_general_dilated" for eqn in jaxpr.eqns)
+            or any(map(_has_convolution, jax.extend.core.subjaxprs(jaxpr))))
+
+
+def choose_lowering(fn: Callable, states: Any, *args, **kwargs) -> str:
+    """The ``"auto"`` lowering of ``fn`` for these arguments on the default backend.
+
+    On XLA:CPU a batched convolution runs many times slower than the same
+    convolutions one member at a time (``benchmarks/results/ensemble_lowering_cpu.md``),
+    so functions with convolutions are looped there; everything else is vmapped.
+    """
+    if jax.default_backend() != "cpu":
+        return "vmap"
+    traced = jax.make_jaxpr(functools.partial(fn, **kwargs))(member(states, 0), *args)
+    return "loop" if _has_convolution(traced.jaxpr) else "vmap"
 
 
 def _broadcast(name: str, value, size: int, per_member_shape: tuple[int, ...]) -> np.ndarray:
@@ -164,19 +180,33 @@ def lift(fn: Callable, lowering: str = "auto", *, static_argnames=()) -> Callabl
       >>> f(jnp.arange(3.0), 2.0).tolist()
       [0.0, 2.0, 4.0]
     """
-    lowering = resolve_lowering(lowering)
+    _check_lowering(lowering)
     if lowering == "vmap":
         return jax.jit(lambda tree, *args, **kw: jax.vmap(
             lambda t: fn(t, *args, **kw))(tree), static_argnames=static_argnames)
     if lowering == "map":
         return jax.jit(lambda tree, *args, **kw: jax.lax.map(
             lambda t: fn(t, *args, **kw), tree), static_argnames=static_argnames)
+    if lowering == "auto":
+        return _auto(lambda low: lift(fn, low, static_argnames=static_argnames), fn)
     one = jax.jit(fn, static_argnames=static_argnames)
 
     def looped(tree, *args, **kw):
         return _stack([one(t, *args, **kw) for t in _unstack(_size(tree))(tree)])
 
     return looped
+
+
+def _auto(build: Callable[[str], Callable], fn: Callable) -> Callable:
+    """Defer the choice of lowering to the first call, when arguments exist."""
+    chosen = {}
+
+    def call(tree, *args, **kw):
+        if "fn" not in chosen:
+            chosen["fn"] = build(choose_lowering(fn, tree, *args, **kw))
+        return chosen["fn"](tree, *args, **kw)
+
+    return call
 
 
 def step(train_step: Callable, lowering: str = "auto") -> Callable:
@@ -196,7 +226,9 @@ def step(train_step: Callable, lowering: str = "auto") -> Callable:
       >>> logs["task_losses"].shape
       (2, 2)
     """
-    lowering = resolve_lowering(lowering)
+    _check_lowering(lowering)
+    if lowering == "auto":
+        return _auto(lambda low: step(train_step, low), train_step)
     if lowering != "loop":
         return jax.jit(lift(train_step, lowering), donate_argnums=0)
     one = jax.jit(train_step, donate_argnums=0)

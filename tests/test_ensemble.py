@@ -91,3 +91,18 @@ def test_bad_ensemble_arguments(setup):
         mtl.ensemble.init(model, tasks, keys, batches[0], optimizer, learning_rate=[1, 0, 1])
     with pytest.raises(ValueError, match="unknown ensemble lowering"):
         mtl.ensemble.step(lambda s, b: (s, {}), "pmap")
+
+
+def test_auto_lowering_loops_convolutions_on_cpu_and_vmaps_the_rest():
+    x = jnp.ones((2, 6, 6, 1))
+    conv = mtl.models.ConvTrunk((2,), (3,))
+    params = jax.vmap(lambda k: conv.init(k, x))(jax.random.split(jax.random.key(0), 2))
+    dense = lambda w, v: jnp.tanh(v @ w)  # noqa: E731
+    cpu = jax.default_backend() == "cpu"
+    assert mtl.ensemble.choose_lowering(conv.apply, params, x) == ("loop" if cpu else "vmap")
+    assert mtl.ensemble.choose_lowering(dense, jnp.ones((2, 3, 3)), jnp.ones(3)) == "vmap"
+    # Inside a jitted, differentiated step the convolution is still found.
+    step = jax.jit(jax.grad(lambda p, v: conv.apply(p, v).sum()))
+    assert mtl.ensemble.choose_lowering(step, params, x) == ("loop" if cpu else "vmap")
+    np.testing.assert_allclose(mtl.ensemble.lift(conv.apply)(params, x),
+                               jax.vmap(conv.apply, in_axes=(0, None))(params, x), rtol=1e-6)
