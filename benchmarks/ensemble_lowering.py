@@ -72,7 +72,7 @@ def main() -> None:
     backend = jax.default_backend()
     machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"
     command = ("python benchmarks/ensemble_lowering.py --members {members} --batch {batch} "
-               "--tasks {tasks}").format(**vars(args))
+               "--tasks {tasks} --repeats {repeats}").format(**vars(args))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"ensemble_lowering_{backend}.json").write_text(json.dumps(
         {"backend": backend, "machine": machine, "command": command, "rows": rows}, indent=2))
