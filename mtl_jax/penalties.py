@@ -30,18 +30,17 @@ References:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from jax.typing import ArrayLike
+
+from mtl_jax.tree import Selector, matches, path_str
 
 __all__ = ["l2", "nuclear_norm", "trace_norm"]
 
-Selector = str | Callable[[str, jax.Array], bool] | None
 """``None`` (all leaves with ``ndim >= 2``), a regex, or ``(path, leaf) -> bool``."""
 
 
@@ -238,15 +237,12 @@ _UNFOLDINGS: dict[str, Callable[[jax.Array], list[jax.Array]]] = {
 def _select(params: Any, select: Selector) -> list[tuple[str, jax.Array]]:
     """The ``(path, leaf)`` pairs chosen by ``select``, validated to share a task axis."""
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    pairs = [(_path_str(path), jnp.asarray(leaf)) for path, leaf in flat]
+    pairs = [(path_str(path), jnp.asarray(leaf)) for path, leaf in flat]
     if select is None:
         chosen = [(p, leaf) for p, leaf in pairs if leaf.ndim >= 2]
         described = "None (all leaves with ndim >= 2)"
-    elif isinstance(select, str):
-        chosen = [(p, leaf) for p, leaf in pairs if re.search(select, p)]
-        described = repr(select)
     else:
-        chosen = [(p, leaf) for p, leaf in pairs if select(p, leaf)]
+        chosen = [(p, leaf) for p, leaf in pairs if matches(select, p, leaf)]
         described = repr(select)
     if not chosen:
         raise ValueError(f"select={described} matches no parameter leaf; "
@@ -261,17 +257,3 @@ def _select(params: Any, select: Selector) -> list[tuple[str, jax.Array]]:
                              f"length {leaf.shape[0]}, but leaf {first_path!r} of shape "
                              f"{first.shape} has {first.shape[0]}")
     return chosen
-
-
-def _path_str(path: tuple[Any, ...]) -> str:
-    return "/".join(_key_name(key) for key in path)
-
-
-def _key_name(key: Any) -> str:
-    if isinstance(key, DictKey | FlattenedIndexKey):
-        return str(key.key)
-    if isinstance(key, GetAttrKey):
-        return key.name
-    if isinstance(key, SequenceKey):
-        return str(key.idx)
-    return str(key)
