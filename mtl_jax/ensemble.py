@@ -77,7 +77,7 @@ def _broadcast(name: str, value, size: int, per_member_shape: tuple[int, ...]) -
 
 def init(model: nn.Module, tasks: Tasks, keys: jax.Array, example_batch: Batch,
          optimizer: optax.GradientTransformation, *, loss_weights=None, penalty_weight=0.0,
-         learning_rate=None) -> TrainState:
+         learning_rate=None, aggregator=None, shared="trunk") -> TrainState:
     """Initialise one member per key, with per-member hyperparameters.
 
     Args:
@@ -87,6 +87,7 @@ def init(model: nn.Module, tasks: Tasks, keys: jax.Array, example_batch: Batch,
       penalty_weight: scalar or ``[N]``.
       learning_rate: None (keep the optimizer's) or scalar / ``[N]``; needs an
         optimizer built with ``optax.inject_hyperparams``.
+      aggregator, shared: as for :func:`mtl_jax.init_state`.
 
     Returns:
       A :class:`TrainState` whose leaves have a leading member axis ``N``.
@@ -118,7 +119,8 @@ def init(model: nn.Module, tasks: Tasks, keys: jax.Array, example_batch: Batch,
         if not np.all(np.isfinite(rates)) or np.any(rates <= 0):
             raise ValueError(f"learning_rate must be positive and finite, got {rates.tolist()}")
     check_setup(model, tasks, keys[0], example_batch)
-    build = jax.jit(jax.vmap(state_builder(model, optimizer), in_axes=(0, None, 0, 0)))
+    build = jax.jit(jax.vmap(state_builder(model, optimizer, aggregator, shared),
+                             in_axes=(0, None, 0, 0)))
     states = build(keys, example_batch["x"], jnp.asarray(weights, jnp.float32),
                    jnp.asarray(penalties, jnp.float32))
     if learning_rate is None:

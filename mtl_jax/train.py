@@ -19,7 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mtl_jax.aggregators.base import Aggregator
+from mtl_jax.jacobian import keep, per_task_grads, shared_mask
 from mtl_jax.tasks import Tasks
+from mtl_jax.tree import Selector
 
 Batch = Mapping[str, Any]
 Penalty = Callable[[Any], jax.Array]
@@ -34,6 +37,7 @@ class TrainState(flax.struct.PyTreeNode):
       opt_state: the optax optimizer state.
       loss_weights: ``[T]`` non-negative weight of each task's loss.
       penalty_weight: scalar weight of the soft-sharing penalty.
+      aggregator_state: the gradient aggregator's state (None without one).
     """
 
     step: jax.Array
@@ -41,6 +45,7 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
     loss_weights: jax.Array
     penalty_weight: jax.Array
+    aggregator_state: Any = None
 
 
 def check_batch(tasks: Tasks, batch: Batch) -> None:
@@ -87,7 +92,8 @@ def as_penalty_weight(penalty_weight) -> jax.Array:
 
 def init_state(model: nn.Module, tasks: Tasks, key: jax.Array, example_batch: Batch,
                optimizer: optax.GradientTransformation, *, loss_weights=None,
-               penalty_weight: float = 0.0) -> TrainState:
+               penalty_weight: float = 0.0, aggregator: Aggregator | None = None,
+               shared: Selector = "trunk") -> TrainState:
     """Initialise parameters and optimizer state, validating model, tasks and batch.
 
     Args:
@@ -98,6 +104,8 @@ def init_state(model: nn.Module, tasks: Tasks, key: jax.Array, example_batch: Ba
       optimizer: any optax gradient transformation.
       loss_weights: ``[T]`` non-negative task weights (default all ones).
       penalty_weight: weight of the penalty given to :func:`make_train_step`.
+      aggregator, shared: as given to :func:`make_train_step`; the aggregator's
+        state is initialised from the shared parameters.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -110,7 +118,7 @@ def init_state(model: nn.Module, tasks: Tasks, key: jax.Array, example_batch: Ba
       (0, [1.0, 1.0])
     """
     check_setup(model, tasks, key, example_batch)
-    build = jax.jit(state_builder(model, optimizer))
+    build = jax.jit(state_builder(model, optimizer, aggregator, shared))
     return build(key, example_batch["x"], as_loss_weights(loss_weights, len(tasks)),
                  as_penalty_weight(penalty_weight))
 
@@ -123,16 +131,27 @@ def check_setup(model: nn.Module, tasks: Tasks, key: jax.Array, example_batch: B
     tasks.check_outputs(outputs)
 
 
-def state_builder(model: nn.Module, optimizer: optax.GradientTransformation):
+def state_builder(model: nn.Module, optimizer: optax.GradientTransformation,
+                  aggregator: Aggregator | None = None, shared: Selector = "trunk"):
     """``build(key, inputs, loss_weights, penalty_weight) -> TrainState``, to jit or vmap."""
 
     def build(key, inputs, loss_weights, penalty_weight):
         params = model.init(key, inputs)
+        aggregator_state = None if aggregator is None else aggregator.init(
+            keep(params, shared_mask(params, shared)))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params), loss_weights=loss_weights,
-                          penalty_weight=penalty_weight)
+                          penalty_weight=penalty_weight, aggregator_state=aggregator_state)
 
     return build
+
+
+def penalty_term(penalty: Penalty | None, params: Any, penalty_weight: jax.Array) -> jax.Array:
+    """``penalty(params)``; 0, and not computed, without a penalty or where its weight is 0."""
+    if penalty is None:
+        return jnp.zeros(())
+    dtype = jax.eval_shape(penalty, params).dtype
+    return jax.lax.cond(penalty_weight > 0, penalty, lambda _: jnp.zeros((), dtype), params)
 
 
 def make_loss_fn(model: nn.Module, tasks: Tasks, penalty: Penalty | None = None):
@@ -146,11 +165,7 @@ def make_loss_fn(model: nn.Module, tasks: Tasks, penalty: Penalty | None = None)
         check_batch(tasks, batch)
         outputs = model.apply(params, batch["x"])
         task_losses = tasks.losses(outputs, batch["y"])
-        penalty_value = jnp.zeros(())
-        if penalty is not None:  # skipped where its weight is 0 (e.g. single-task baselines)
-            dtype = jax.eval_shape(penalty, params).dtype
-            penalty_value = jax.lax.cond(penalty_weight > 0, penalty,
-                                         lambda _: jnp.zeros((), dtype), params)
+        penalty_value = penalty_term(penalty, params, penalty_weight)
         total = jnp.dot(loss_weights, task_losses) + penalty_weight * penalty_value
         return total, {"task_losses": task_losses, "penalty": penalty_value}
 
@@ -158,13 +173,26 @@ def make_loss_fn(model: nn.Module, tasks: Tasks, penalty: Penalty | None = None)
 
 
 def make_train_step(model: nn.Module, tasks: Tasks, optimizer: optax.GradientTransformation,
-                    *, penalty: Penalty | None = None):
+                    *, penalty: Penalty | None = None, aggregator: Aggregator | None = None,
+                    shared: Selector = "trunk", wrt: str = "parameters",
+                    chunk_size: int | None = None):
     """Build a pure ``step(state, batch) -> (state, logs)``; wrap it in ``jax.jit``.
 
-    The loss is ``Σ_t w_t L_t(params) + λ · penalty(params)`` with ``w`` and ``λ``
-    read from the state. ``batch["x"]`` is one array (every task reads it) or
-    ``{task: x_t}`` (each task its own batch). Logs hold ``loss`` (the total),
-    ``task_losses [T]``, ``penalty`` and ``grad_norm``.
+    Without an aggregator the loss is ``Σ_t w_t L_t(params) + λ · penalty(params)``
+    with ``w`` and ``λ`` read from the state. With an aggregator (see
+    :mod:`mtl_jax.aggregators`) the per-task gradients ``w_t ∇L_t`` of the
+    ``shared`` parameters (a path regex or predicate; ``"trunk"`` for
+    :class:`~mtl_jax.models.HardSharing`) are combined by it, the task-specific
+    parameters get their ordinary gradient ``Σ_t w_t ∇L_t``, and the penalty's
+    gradient is added. ``wrt="representation"`` instead aggregates the
+    gradients with respect to the trunk's output (MGDA-UB's rep-grad: about one
+    backward pass, not ``T``) and trains on ``Σ_t a_t w_t L_t`` with the
+    aggregator's weights ``a``; it needs a model with ``trunk`` and ``heads``.
+    ``chunk_size`` bounds how many task gradients are computed at once.
+
+    ``batch["x"]`` is one array (every task reads it) or ``{task: x_t}`` (each
+    task its own batch). Logs hold ``loss`` (the total), ``task_losses [T]``,
+    ``penalty`` and ``grad_norm``, and with an aggregator ``task_weights [T]``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -178,19 +206,103 @@ def make_train_step(model: nn.Module, tasks: Tasks, optimizer: optax.GradientTra
       >>> int(state.step), logs["task_losses"].shape
       (1, (2,))
     """
-    loss_fn = make_loss_fn(model, tasks, penalty)
+    if wrt not in ("parameters", "representation"):
+        raise ValueError(f"wrt must be 'parameters' or 'representation', got {wrt!r}")
+    if aggregator is None:
+        gradients = _summed_gradients(model, tasks, penalty)
+    elif wrt == "parameters":
+        gradients = _aggregated_gradients(model, tasks, penalty, aggregator, shared, chunk_size)
+    else:
+        if not (hasattr(model, "trunk") and hasattr(model, "heads")):
+            raise ValueError(f"wrt='representation' needs a model with a trunk and heads, "
+                             f"got {type(model).__name__}")
+        gradients = _representation_gradients(model, tasks, penalty, aggregator, chunk_size)
 
     def step(state: TrainState, batch: Batch):
-        grads, aux = jax.grad(loss_fn, has_aux=True)(
-            state.params, batch, state.loss_weights, state.penalty_weight)
+        check_batch(tasks, batch)
+        grads, aggregator_state, logs = gradients(state, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        logs = {"loss": jnp.dot(state.loss_weights, aux["task_losses"])
-                + state.penalty_weight * aux["penalty"],
-                "grad_norm": optax.tree.norm(grads), **aux}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), logs
+        logs = {**logs, "grad_norm": optax.tree.norm(grads)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             aggregator_state=aggregator_state), logs
 
     return step
+
+
+def _total(task_losses, penalty_value, state):
+    return jnp.dot(state.loss_weights, task_losses) + state.penalty_weight * penalty_value
+
+
+def _summed_gradients(model, tasks, penalty):
+    loss_fn = make_loss_fn(model, tasks, penalty)
+
+    def gradients(state, batch):
+        grads, aux = jax.grad(loss_fn, has_aux=True)(
+            state.params, batch, state.loss_weights, state.penalty_weight)
+        return grads, state.aggregator_state, {
+            "loss": _total(aux["task_losses"], aux["penalty"], state), **aux}
+
+    return gradients
+
+
+def _penalty_grad(penalty, params, penalty_weight):
+    value, grad = jax.value_and_grad(penalty_term, argnums=1)(penalty, params, penalty_weight)
+    return value, jax.tree_util.tree_map(lambda g: penalty_weight * g, grad)
+
+
+def _aggregated_gradients(model, tasks, penalty, aggregator, shared, chunk_size):
+    def gradients(state, batch):
+        losses, jac = per_task_grads(
+            lambda p: tasks.losses(model.apply(p, batch["x"]), batch["y"]), state.params,
+            chunk_size=chunk_size)
+        jac = jax.tree_util.tree_map(
+            lambda g: g * state.loss_weights.reshape((-1,) + (1,) * (g.ndim - 1)), jac)
+        mask = shared_mask(state.params, shared)
+        direction, aggregator_state = aggregator.update(
+            keep(jac, mask), state.aggregator_state, value=state.loss_weights * losses)
+        flat_mask, treedef = jax.tree_util.tree_flatten(mask)
+        shared_parts = iter(jax.tree_util.tree_leaves(direction))
+        grads = treedef.unflatten([next(shared_parts) if is_shared else g.sum(0)
+                                   for is_shared, g in zip(flat_mask,
+                                                           treedef.flatten_up_to(jac))])
+        penalty_value, penalty_grad = _penalty_grad(penalty, state.params, state.penalty_weight)
+        grads = jax.tree_util.tree_map(jnp.add, grads, penalty_grad)
+        return grads, aggregator_state, {
+            "loss": _total(losses, penalty_value, state), "task_losses": losses,
+            "penalty": penalty_value, "task_weights": aggregator_state.weights}
+
+    return gradients
+
+
+def _representation_gradients(model, tasks, penalty, aggregator, chunk_size):
+    def gradients(state, batch):
+        x, y = batch["x"], batch["y"]
+        if isinstance(x, Mapping):
+            raise ValueError("wrt='representation' needs one input shared by all tasks")
+        z = model.apply(state.params, x, method=lambda m, v: m.trunk(v))
+        losses, jac = per_task_grads(
+            lambda rep: tasks.losses(model.apply(state.params, rep,
+                                                 method=lambda m, v: m.heads(v)), y),
+            z, chunk_size=chunk_size)
+        scaled = jac * state.loss_weights.reshape((-1,) + (1,) * (jac.ndim - 1))
+        _, aggregator_state = aggregator.update(
+            {"representation": scaled}, state.aggregator_state,
+            value=state.loss_weights * losses)
+        weights = jax.lax.stop_gradient(aggregator_state.weights) * state.loss_weights
+
+        def loss_fn(params):
+            task_losses = tasks.losses(model.apply(params, x), y)
+            penalty_value = penalty_term(penalty, params, state.penalty_weight)
+            return (jnp.dot(weights, task_losses) + state.penalty_weight * penalty_value,
+                    penalty_value)
+
+        (_, penalty_value), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return grads, aggregator_state, {
+            "loss": _total(losses, penalty_value, state), "task_losses": losses,
+            "penalty": penalty_value, "task_weights": aggregator_state.weights}
+
+    return gradients
 
 
 def make_eval_step(model: nn.Module, tasks: Tasks):
