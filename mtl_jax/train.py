@@ -188,6 +188,8 @@ def make_train_step(model: nn.Module, tasks: Tasks, optimizer: optax.GradientTra
     gradients with respect to the trunk's output (MGDA-UB's rep-grad: about one
     backward pass, not ``T``) and trains on ``Σ_t a_t w_t L_t`` with the
     aggregator's weights ``a``; it needs a model with ``trunk`` and ``heads``.
+    A member whose loss weights select a single task (a single-task baseline)
+    has nothing to aggregate: its gradient is used as it is.
     ``chunk_size`` bounds how many task gradients are computed at once.
 
     ``batch["x"]`` is one array (every task reads it) or ``{task: x_t}`` (each
@@ -251,6 +253,11 @@ def _penalty_grad(penalty, params, penalty_weight):
     return value, jax.tree_util.tree_map(lambda g: penalty_weight * g, grad)
 
 
+def _single_task(loss_weights: jax.Array) -> jax.Array:
+    """Whether only one task is trained (a single-task baseline): nothing to aggregate."""
+    return jnp.sum(loss_weights > 0) == 1
+
+
 def _aggregated_gradients(model, tasks, penalty, aggregator, shared, chunk_size):
     def gradients(state, batch):
         losses, jac = per_task_grads(
@@ -261,11 +268,12 @@ def _aggregated_gradients(model, tasks, penalty, aggregator, shared, chunk_size)
         mask = shared_mask(state.params, shared)
         direction, aggregator_state = aggregator.update(
             keep(jac, mask), state.aggregator_state, value=state.loss_weights * losses)
+        alone = _single_task(state.loss_weights)
         flat_mask, treedef = jax.tree_util.tree_flatten(mask)
         shared_parts = iter(jax.tree_util.tree_leaves(direction))
-        grads = treedef.unflatten([next(shared_parts) if is_shared else g.sum(0)
-                                   for is_shared, g in zip(flat_mask,
-                                                           treedef.flatten_up_to(jac))])
+        grads = treedef.unflatten([
+            jnp.where(alone, g.sum(0), next(shared_parts)) if is_shared else g.sum(0)
+            for is_shared, g in zip(flat_mask, treedef.flatten_up_to(jac))])
         penalty_value, penalty_grad = _penalty_grad(penalty, state.params, state.penalty_weight)
         grads = jax.tree_util.tree_map(jnp.add, grads, penalty_grad)
         return grads, aggregator_state, {
@@ -289,7 +297,8 @@ def _representation_gradients(model, tasks, penalty, aggregator, chunk_size):
         _, aggregator_state = aggregator.update(
             {"representation": scaled}, state.aggregator_state,
             value=state.loss_weights * losses)
-        weights = jax.lax.stop_gradient(aggregator_state.weights) * state.loss_weights
+        weights = state.loss_weights * jnp.where(
+            _single_task(state.loss_weights), 1.0, jax.lax.stop_gradient(aggregator_state.weights))
 
         def loss_fn(params):
             task_losses = tasks.losses(model.apply(params, x), y)

@@ -120,3 +120,16 @@ def test_representation_gradients_train_on_the_aggregators_loss_weights(setup):
                             wrt="representation")
     with pytest.raises(ValueError, match="wrt must be"):
         mtl.make_train_step(model, tasks, optax.sgd(lr), aggregator=aggregator, wrt="z")
+
+
+@pytest.mark.parametrize("wrt", ["parameters", "representation"])
+def test_a_single_active_task_bypasses_the_aggregator(setup, wrt):
+    model, tasks, batch = setup
+    zero = fixed([0.0, 0.0, 0.0])  # would freeze the trunk if it were applied
+    state = mtl.init_state(model, tasks, jax.random.key(4), batch, optax.sgd(0.1),
+                           loss_weights=[0.0, 1.0, 0.0], aggregator=zero)
+    new, _ = jax.jit(mtl.make_train_step(model, tasks, optax.sgd(0.1), aggregator=zero,
+                                         wrt=wrt))(state, batch)
+    expected = task_grad(model, tasks, batch, state.params, 1)
+    jax.tree_util.tree_map(lambda n, o, e: np.testing.assert_allclose(n, o - 0.1 * e, atol=1e-6),
+                           new.params, state.params, expected)
