@@ -25,6 +25,7 @@ from mtl_jax.tasks import Tasks
 from mtl_jax.tree import Selector
 
 Batch = Mapping[str, Any]
+WRT = ("parameters", "representation", "losses")
 Penalty = Callable[[Any], jax.Array]
 
 
@@ -188,6 +189,8 @@ def make_train_step(model: nn.Module, tasks: Tasks, optimizer: optax.GradientTra
     gradients with respect to the trunk's output (MGDA-UB's rep-grad: about one
     backward pass, not ``T``) and trains on ``Σ_t a_t w_t L_t`` with the
     aggregator's weights ``a``; it needs a model with ``trunk`` and ``heads``.
+    ``wrt="losses"`` is for loss-based methods (their weights depend on the
+    losses only): one forward and one backward pass, like equal weighting.
     A member whose loss weights select a single task (a single-task baseline)
     has nothing to aggregate: its gradient is used as it is.
     ``chunk_size`` bounds how many task gradients are computed at once.
@@ -208,10 +211,12 @@ def make_train_step(model: nn.Module, tasks: Tasks, optimizer: optax.GradientTra
       >>> int(state.step), logs["task_losses"].shape
       (1, (2,))
     """
-    if wrt not in ("parameters", "representation"):
-        raise ValueError(f"wrt must be 'parameters' or 'representation', got {wrt!r}")
+    if wrt not in WRT:
+        raise ValueError(f"wrt must be one of {WRT}, got {wrt!r}")
     if aggregator is None:
         gradients = _summed_gradients(model, tasks, penalty)
+    elif wrt == "losses":
+        gradients = _loss_weighted_gradients(model, tasks, penalty, aggregator)
     elif wrt == "parameters":
         gradients = _aggregated_gradients(model, tasks, penalty, aggregator, shared, chunk_size)
     else:
@@ -251,6 +256,30 @@ def _summed_gradients(model, tasks, penalty):
 def _penalty_grad(penalty, params, penalty_weight):
     value, grad = jax.value_and_grad(penalty_term, argnums=1)(penalty, params, penalty_weight)
     return value, jax.tree_util.tree_map(lambda g: penalty_weight * g, grad)
+
+
+def _loss_weighted_gradients(model, tasks, penalty, aggregator):
+    def gradients(state, batch):
+        def loss_fn(params):
+            losses = tasks.losses(model.apply(params, batch["x"]), batch["y"])
+            no_grads = {"losses": jnp.zeros((len(tasks), 1), losses.dtype)}
+            _, aggregator_state = aggregator.update(
+                no_grads, state.aggregator_state,
+                value=jax.lax.stop_gradient(state.loss_weights * losses))
+            weights = state.loss_weights * jnp.where(
+                _single_task(state.loss_weights), 1.0,
+                jax.lax.stop_gradient(aggregator_state.weights))
+            penalty_value = penalty_term(penalty, params, state.penalty_weight)
+            total = jnp.dot(weights, losses) + state.penalty_weight * penalty_value
+            return total, (losses, penalty_value, aggregator_state)
+
+        grads, (losses, penalty_value, aggregator_state) = jax.grad(
+            loss_fn, has_aux=True)(state.params)
+        return grads, aggregator_state, {
+            "loss": _total(losses, penalty_value, state), "task_losses": losses,
+            "penalty": penalty_value, "task_weights": aggregator_state.weights}
+
+    return gradients
 
 
 def _single_task(loss_weights: jax.Array) -> jax.Array:

@@ -122,7 +122,7 @@ def test_representation_gradients_train_on_the_aggregators_loss_weights(setup):
         mtl.make_train_step(model, tasks, optax.sgd(lr), aggregator=aggregator, wrt="z")
 
 
-@pytest.mark.parametrize("wrt", ["parameters", "representation"])
+@pytest.mark.parametrize("wrt", ["parameters", "representation", "losses"])
 def test_a_single_active_task_bypasses_the_aggregator(setup, wrt):
     model, tasks, batch = setup
     zero = fixed([0.0, 0.0, 0.0])  # would freeze the trunk if it were applied
@@ -131,5 +131,23 @@ def test_a_single_active_task_bypasses_the_aggregator(setup, wrt):
     new, _ = jax.jit(mtl.make_train_step(model, tasks, optax.sgd(0.1), aggregator=zero,
                                          wrt=wrt))(state, batch)
     expected = task_grad(model, tasks, batch, state.params, 1)
+    jax.tree_util.tree_map(lambda n, o, e: np.testing.assert_allclose(n, o - 0.1 * e, atol=1e-6),
+                           new.params, state.params, expected)
+
+
+def test_loss_based_weights_train_on_the_weighted_loss_in_one_backward_pass(setup):
+    model, tasks, batch = setup
+    # A loss-based weighting: w = softmax(losses), read from `value` only.
+    softmax = from_weighting(lambda g, s, value: (jax.nn.softmax(value), s), 3)
+    state = mtl.init_state(model, tasks, jax.random.key(5), batch, optax.sgd(0.1),
+                           aggregator=softmax)
+    new, logs = jax.jit(mtl.make_train_step(model, tasks, optax.sgd(0.1), aggregator=softmax,
+                                            wrt="losses"))(state, batch)
+    losses = np.asarray(tasks.losses(model.apply(state.params, batch["x"]), batch["y"]),
+                        np.float64)
+    weights = np.exp(losses) / np.exp(losses).sum()
+    np.testing.assert_allclose(logs["task_weights"], weights, rtol=1e-5)
+    expected = jax.grad(lambda p: jnp.dot(jnp.asarray(weights, jnp.float32), tasks.losses(
+        model.apply(p, batch["x"]), batch["y"])))(state.params)
     jax.tree_util.tree_map(lambda n, o, e: np.testing.assert_allclose(n, o - 0.1 * e, atol=1e-6),
                            new.params, state.params, expected)
