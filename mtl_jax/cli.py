@@ -7,6 +7,7 @@ import datetime
 import sys
 
 from mtl_jax import ensemble
+from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CheckpointError
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
 from mtl_jax.loop import NonFiniteLossError
@@ -23,6 +24,7 @@ CATALOGUE = {
     "datasets": {"multidigits": "pairs of scikit-learn's 8x8 digits, MultiMNIST-style; "
                                 "tasks left/right",
                  "synthetic": "seeded 32x32x3 images with 4 related 10-way tasks"},
+    "methods": {name: method.summary for name, method in registry.METHODS.items()},
     "trunks": {"conv": "the seed's ConvNet (SharedEncoder): conv32-pool-conv64-pool-dense256",
                "mlp": "two dense layers of 256"},
 }
@@ -55,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
         help="soft-sharing penalty (needs --arch soft)")
     add("--penalty-weight", type=float, default=defaults.penalty_weight,
         help="weight of the penalty in the loss")
+    add("--method", default=defaults.method, choices=sorted(registry.METHODS),
+        help="task weighting / gradient aggregation method (see: mtl-jax list methods)")
     add("--loss-weights", type=_weights, default=None,
         help="comma-separated non-negative task loss weights (default: all 1)")
     add("--lr", type=float, default=defaults.learning_rate, help="Adam learning rate")
@@ -77,7 +81,8 @@ def parser() -> argparse.ArgumentParser:
     add("--resume", action="store_true",
         help="continue the run in --out from its latest checkpoint")
     add("--quiet", action="store_true", help="no progress bar")
-    lister = commands.add_parser("list", help="list architectures, penalties, datasets, trunks",
+    lister = commands.add_parser("list", help="list methods, architectures, penalties, datasets, "
+                                 "trunks",
                                  description="List the choices for train's flags.")
     lister.add_argument("what", nargs="?", choices=sorted(CATALOGUE),
                         help="what to list (default: everything)")
@@ -93,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:14s} {text}")
         return 0
     config = Config(dataset=args.dataset, arch=args.arch, trunk=args.trunk, penalty=args.penalty,
-                    penalty_weight=args.penalty_weight, loss_weights=args.loss_weights,
+                    penalty_weight=args.penalty_weight, method=args.method,
+                    loss_weights=args.loss_weights,
                     learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
                     seeds=args.seeds, seed=args.seed, baselines=not args.no_baselines,
                     eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,

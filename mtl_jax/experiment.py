@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from mtl_jax import ensemble, metrics, penalties
+from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CONFIG_FILE, Checkpointer, CheckpointError, check_writable
 from mtl_jax.data import Dataset, multidigits, synthetic_images
 from mtl_jax.loop import evaluate, fit
@@ -73,6 +74,7 @@ class Config:
     trunk: str = "conv"
     penalty: str = "none"
     penalty_weight: float = 0.0
+    method: str = "ew"
     loss_weights: tuple[float, ...] | None = None
     learning_rate: float = 1e-3
     steps: int = 1500
@@ -88,7 +90,7 @@ class Config:
     def validate(self) -> None:
         """Raise ValueError naming the first bad field; runs before any work."""
         choices = {"dataset": DATASETS, "arch": ARCHS, "trunk": TRUNKS, "penalty": PENALTIES,
-                   "lowering": ensemble.LOWERINGS}
+                   "method": registry.METHODS, "lowering": ensemble.LOWERINGS}
         for field, known in choices.items():
             if getattr(self, field) not in known:
                 raise ValueError(f"unknown {field} {getattr(self, field)!r}; "
@@ -105,6 +107,9 @@ class Config:
         if self.penalty != "none" and self.arch != "soft":
             raise ValueError(f"penalty {self.penalty!r} ties per-task towers together and needs "
                              "arch 'soft'")
+        if registry.METHODS[self.method].wrt != "losses" and self.arch != "hard":
+            raise ValueError(f"method {self.method!r} aggregates the gradients of shared "
+                             "parameters and needs arch 'hard'")
         if self.loss_weights is not None and any(
                 not np.isfinite(w) or w < 0 for w in self.loss_weights):
             raise ValueError(f"loss_weights must be finite and >= 0, got {self.loss_weights}")
@@ -181,10 +186,15 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
     model = build_model(config.arch, config.trunk, names, num_classes)
     optimizer = optax.adam(config.learning_rate)
     loss_weights, penalty_weights = member_plan(config, len(names))
+    knobs = {}
+    if config.method == "fixed":  # the weights go to the method, not to the losses
+        knobs = {"weights": loss_weights[0]}
+        loss_weights = (loss_weights > 0).astype(float)
+    aggregator, wrt = registry.get(config.method, len(names), **knobs)
     keys = jax.random.split(jax.random.key(config.seed), len(loss_weights))
     example = train.batch(0, min(config.batch_size, len(train)), config.seed)
     state = ensemble.init(model, tasks, keys, example, optimizer, loss_weights=loss_weights,
-                          penalty_weight=penalty_weights)
+                          penalty_weight=penalty_weights, aggregator=aggregator)
     checkpointer, log_path = None, None
     if out_dir is not None:
         checkpointer = _open_checkpoints(out_dir, config, resume)
@@ -197,7 +207,8 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
             log_path.unlink()
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     step = ensemble.step(make_train_step(model, tasks, optimizer,
-                                         penalty=PENALTIES[config.penalty]), config.lowering)
+                                         penalty=PENALTIES[config.penalty],
+                                         aggregator=aggregator, wrt=wrt), config.lowering)
     eval_step = ensemble.lift(make_eval_step(model, tasks), config.lowering,
                               static_argnames="task")
     members = len(loss_weights)

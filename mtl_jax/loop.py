@@ -158,6 +158,8 @@ def _write_train(log, step: int, tasks: Tasks, logs: Mapping, members: int | Non
         record = {"step": step, "split": "train",
                   "losses": dict(zip(tasks.names, map(float, values["task_losses"]))),
                   "loss": float(values["loss"]), "penalty": float(values["penalty"])}
+        if "task_weights" in values:
+            record["weights"] = dict(zip(tasks.names, map(float, values["task_weights"])))
         if index is not None:
             record["member"] = index
         log.write(json.dumps(record) + "\n")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mtl_jax import cli
+from mtl_jax.aggregators import registry
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, member_plan
 
 SHORT = ["train", "--trunk", "mlp", "--steps", "30", "--batch-size", "32", "--eval-every", "15",
@@ -29,7 +30,8 @@ def test_help_documents_every_flag(capsys):
 
 
 def test_list_describes_every_registered_choice(capsys):
-    registries = {"archs": ARCHS, "penalties": PENALTIES, "datasets": DATASETS, "trunks": TRUNKS}
+    registries = {"archs": ARCHS, "penalties": PENALTIES, "datasets": DATASETS, "trunks": TRUNKS,
+                  "methods": registry.METHODS}
     for what, names in registries.items():
         assert set(cli.CATALOGUE[what]) == set(names), what
     assert cli.main(["list"]) == 0
@@ -111,3 +113,24 @@ def test_unwritable_output_directory(tmp_path, capsys):
     blocker.write_text("x")
     assert cli.main([*SHORT, "--out", str(blocker / "run")]) == 2
     assert "not writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", sorted(registry.METHODS))
+def test_every_method_trains_the_default_through_the_cli(method, tmp_path, capsys):
+    out = tmp_path / method
+    code = cli.main(["train", "--method", method, "--trunk", "mlp", "--steps", "4",
+                     "--batch-size", "16", "--eval-every", "0", "--no-baselines", "--quiet",
+                     "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    for task in ("left", "right"):
+        assert np.isfinite(results["runs"][0][task]["loss"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert train and all(np.isfinite(r["loss"]) for r in train)
+    assert all(set(r["weights"]) == {"left", "right"} for r in train)
+
+
+def test_gradient_methods_need_shared_parameters(capsys):
+    assert exit_code([*SHORT, "--method", "pcgrad", "--arch", "soft"]) == 2
+    assert "needs arch 'hard'" in capsys.readouterr().err
