@@ -66,17 +66,20 @@ def combine(grads: PerTaskGrads, weights: jax.Array) -> Any:
         lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=1), grads)
 
 
-WeightingFn = Callable[[jax.Array, Any, jax.Array | None], tuple[jax.Array, Any]]
+WeightingFn = Callable[[Any, Any, jax.Array | None], tuple[jax.Array, Any]]
 
 
 def from_weighting(weighting: WeightingFn, num_tasks: int,
-                   init_inner: Callable[[int], Any] = lambda t: ()) -> Aggregator:
-    """An aggregator returning ``Jᵀ w`` with ``w, inner = weighting(G, inner, value)``.
+                   init_inner: Callable[[int], Any] = lambda t: (), *,
+                   summary: Callable[[PerTaskGrads], Any] = gramian) -> Aggregator:
+    """An aggregator returning ``Jᵀ w`` with ``w, inner = weighting(summary(J), inner, value)``.
 
     Args:
-      weighting: ``(gramian [T, T], inner_state, value [T] or None) -> (w [T], inner)``.
+      weighting: ``(summary, inner_state, value [T] or None) -> (w [T], inner)``.
       num_tasks: ``T``; the state's shapes depend on it.
       init_inner: builds the method's inner state from ``T``.
+      summary: what the weighting reads of the gradients: the ``[T, T]``
+        Gramian by default, or e.g. a rescaled Gramian robust to huge norms.
 
     Examples:
       >>> mean = from_weighting(lambda g, s, value: (jnp.full(len(g), 1.0 / len(g)), s), 2)
@@ -95,7 +98,7 @@ def from_weighting(weighting: WeightingFn, num_tasks: int,
     def update(grads, state, params=None, *, value=None, **extra):
         del params, extra
         check_grads(grads, num_tasks)
-        weights, inner = weighting(gramian(grads), state.inner, value)
+        weights, inner = weighting(summary(grads), state.inner, value)
         return combine(grads, weights), AggregatorState(weights.astype(jnp.float32), inner)
 
     return Aggregator(init, update)

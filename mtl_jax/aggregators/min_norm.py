@@ -36,10 +36,8 @@ from jax import lax
 from mtl_jax.aggregators import solvers
 from mtl_jax.aggregators.base import (
     Aggregator,
-    AggregatorState,
-    check_grads,
     check_num_tasks,
-    combine,
+    from_weighting,
     gramian,
 )
 
@@ -78,25 +76,15 @@ def scaled_gramian(grads) -> tuple[jax.Array, jax.Array]:
 
 def _aggregator(weighting: ScaledWeightingFn, num_tasks: int,
                 init_inner: Callable[[int], Any] = lambda t: ()) -> Aggregator:
-    """Like :func:`~mtl_jax.aggregators.base.from_weighting`, with
-    ``w, inner = weighting(Ĝ, m, inner, value)`` on the scaled Gramian of
-    :func:`scaled_gramian`."""
-    check_num_tasks(num_tasks)
+    """:func:`~mtl_jax.aggregators.base.from_weighting` on :func:`scaled_gramian`,
+    with ``w, inner = weighting(Ĝ, m, inner, value)`` and weights kept finite."""
+    big = jnp.finfo(jnp.float32).max / (4 * num_tasks)
 
-    def init(params):
-        del params
-        return AggregatorState(jnp.ones(num_tasks, jnp.float32), init_inner(num_tasks))
+    def finite_weighting(summary, inner, value):
+        weights, inner = weighting(*summary, inner, value)
+        return jnp.clip(jnp.nan_to_num(weights, posinf=big, neginf=-big), -big, big), inner
 
-    def update(grads, state, params=None, *, value=None, **extra):
-        del params, extra
-        check_grads(grads, num_tasks)
-        g_hat, m = scaled_gramian(grads)
-        weights, inner = weighting(g_hat, m, state.inner, value)
-        big = jnp.finfo(jnp.float32).max / (4 * num_tasks)
-        weights = jnp.clip(jnp.nan_to_num(weights, posinf=big, neginf=-big), -big, big)
-        return combine(grads, weights), AggregatorState(weights.astype(jnp.float32), inner)
-
-    return Aggregator(init, update)
+    return from_weighting(finite_weighting, num_tasks, init_inner, summary=scaled_gramian)
 
 
 def _check_pref_vector(pref_vector, num_tasks: int) -> np.ndarray:

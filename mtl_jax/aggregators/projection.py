@@ -47,7 +47,7 @@ from mtl_jax.aggregators.base import (
     AggregatorState,
     check_grads,
     check_num_tasks,
-    combine,
+    from_weighting,
     gramian,
 )
 
@@ -174,23 +174,11 @@ def _visit_order(key: jax.Array, num_tasks: int, shuffle: bool) -> jax.Array:
 def _gramian_aggregator(num_tasks: int,
                         weighting: Callable[[jax.Array, Any], tuple[jax.Array, Any]],
                         init_inner: Callable[[], Any]) -> Aggregator:
-    """An aggregator returning ``Σ_t w_t g_t`` with ``w, inner = weighting(G, inner)``.
-
-    Like :func:`~mtl_jax.aggregators.base.from_weighting` but ``G`` is the rescaled
-    Gramian (:func:`_scaled_gramian`), which all methods here are invariant to.
-    """
-
-    def init(params):
-        del params
-        return AggregatorState(jnp.ones(num_tasks, jnp.float32), init_inner())
-
-    def update(grads, state, params=None, *, value=None, **extra):
-        del params, value, extra
-        check_grads(grads, num_tasks)
-        weights, inner = weighting(_scaled_gramian(grads), state.inner)
-        return combine(grads, weights), AggregatorState(weights.astype(jnp.float32), inner)
-
-    return Aggregator(init, update)
+    """:func:`~mtl_jax.aggregators.base.from_weighting` with ``w, inner = weighting(G, inner)``
+    on the rescaled Gramian (:func:`_scaled_gramian`), which all methods here are
+    invariant to."""
+    return from_weighting(lambda gram, inner, value: weighting(gram, inner), num_tasks,
+                          lambda t: init_inner(), summary=_scaled_gramian)
 
 
 # ---------------------------------------------------------------------------- PCGrad
