@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mtl_jax.tree import path_str
+
 CONFIG_FILE = "config.json"
 
 
@@ -127,7 +129,7 @@ def _describe_difference(stored: Mapping, current: Mapping) -> str:
 def _check_layout(saved, template, directory) -> None:
     def flat(tree):
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(np.shape(leaf))
+        return {path_str(path): tuple(np.shape(leaf))
                 for path, leaf in leaves}
 
     saved_shapes = flat(jax.tree_util.tree_map(

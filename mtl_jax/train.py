@@ -266,18 +266,14 @@ def _loss_weighted_gradients(model, tasks, penalty, aggregator):
             _, aggregator_state = aggregator.update(
                 no_grads, state.aggregator_state,
                 value=jax.lax.stop_gradient(state.loss_weights * losses))
-            weights = state.loss_weights * jnp.where(
-                _single_task(state.loss_weights), 1.0,
-                jax.lax.stop_gradient(aggregator_state.weights))
+            weights = _trained_weights(state, aggregator_state)
             penalty_value = penalty_term(penalty, params, state.penalty_weight)
             total = jnp.dot(weights, losses) + state.penalty_weight * penalty_value
             return total, (losses, penalty_value, aggregator_state)
 
         grads, (losses, penalty_value, aggregator_state) = jax.grad(
             loss_fn, has_aux=True)(state.params)
-        return grads, aggregator_state, {
-            "loss": _total(losses, penalty_value, state), "task_losses": losses,
-            "penalty": penalty_value, "task_weights": aggregator_state.weights}
+        return grads, aggregator_state, _logs(losses, penalty_value, state, aggregator_state)
 
     return gradients
 
@@ -287,13 +283,28 @@ def _single_task(loss_weights: jax.Array) -> jax.Array:
     return jnp.sum(loss_weights > 0) == 1
 
 
+def _trained_weights(state: TrainState, aggregator_state) -> jax.Array:
+    """The constant weights of the loss to differentiate: loss weights times the method's."""
+    return state.loss_weights * jnp.where(_single_task(state.loss_weights), 1.0,
+                                          jax.lax.stop_gradient(aggregator_state.weights))
+
+
+def _scale_rows(per_task: jax.Array, weights: jax.Array) -> jax.Array:
+    """Row ``t`` of a ``[T, ...]`` array times ``weights[t]``."""
+    return per_task * weights.reshape((-1,) + (1,) * (per_task.ndim - 1))
+
+
+def _logs(losses, penalty_value, state: TrainState, aggregator_state) -> dict:
+    return {"loss": _total(losses, penalty_value, state), "task_losses": losses,
+            "penalty": penalty_value, "task_weights": aggregator_state.weights}
+
+
 def _aggregated_gradients(model, tasks, penalty, aggregator, shared, chunk_size):
     def gradients(state, batch):
         losses, jac = per_task_grads(
             lambda p: tasks.losses(model.apply(p, batch["x"]), batch["y"]), state.params,
             chunk_size=chunk_size)
-        jac = jax.tree_util.tree_map(
-            lambda g: g * state.loss_weights.reshape((-1,) + (1,) * (g.ndim - 1)), jac)
+        jac = jax.tree_util.tree_map(lambda g: _scale_rows(g, state.loss_weights), jac)
         mask = shared_mask(state.params, shared)
         direction, aggregator_state = aggregator.update(
             keep(jac, mask), state.aggregator_state, value=state.loss_weights * losses)
@@ -305,9 +316,7 @@ def _aggregated_gradients(model, tasks, penalty, aggregator, shared, chunk_size)
             for is_shared, g in zip(flat_mask, treedef.flatten_up_to(jac))])
         penalty_value, penalty_grad = _penalty_grad(penalty, state.params, state.penalty_weight)
         grads = jax.tree_util.tree_map(jnp.add, grads, penalty_grad)
-        return grads, aggregator_state, {
-            "loss": _total(losses, penalty_value, state), "task_losses": losses,
-            "penalty": penalty_value, "task_weights": aggregator_state.weights}
+        return grads, aggregator_state, _logs(losses, penalty_value, state, aggregator_state)
 
     return gradients
 
@@ -322,12 +331,11 @@ def _representation_gradients(model, tasks, penalty, aggregator, chunk_size):
             lambda rep: tasks.losses(model.apply(state.params, rep,
                                                  method=lambda m, v: m.heads(v)), y),
             z, chunk_size=chunk_size)
-        scaled = jac * state.loss_weights.reshape((-1,) + (1,) * (jac.ndim - 1))
+        scaled = _scale_rows(jac, state.loss_weights)
         _, aggregator_state = aggregator.update(
             {"representation": scaled}, state.aggregator_state,
             value=state.loss_weights * losses)
-        weights = state.loss_weights * jnp.where(
-            _single_task(state.loss_weights), 1.0, jax.lax.stop_gradient(aggregator_state.weights))
+        weights = _trained_weights(state, aggregator_state)
 
         def loss_fn(params):
             task_losses = tasks.losses(model.apply(params, x), y)
@@ -336,9 +344,7 @@ def _representation_gradients(model, tasks, penalty, aggregator, chunk_size):
                     penalty_value)
 
         (_, penalty_value), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        return grads, aggregator_state, {
-            "loss": _total(losses, penalty_value, state), "task_losses": losses,
-            "penalty": penalty_value, "task_weights": aggregator_state.weights}
+        return grads, aggregator_state, _logs(losses, penalty_value, state, aggregator_state)
 
     return gradients
 
