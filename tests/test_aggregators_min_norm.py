@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from scipy import optimize
 
 from mtl_jax.aggregators import solvers
-from mtl_jax.aggregators.base import gramian
+from mtl_jax.aggregators.base import gramian, scaled_gramian
 from mtl_jax.aggregators.min_norm import (
     FACTORIES,
     cagrad,
@@ -28,7 +28,6 @@ from mtl_jax.aggregators.min_norm import (
     fairgrad,
     mgda,
     nash_mtl,
-    scaled_gramian,
     upgrad,
 )
 

@@ -18,11 +18,13 @@ few lines of arithmetic on ``T × T`` matrices, solved on the device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from optax.experimental import aggregating
 
 Aggregator = aggregating.Aggregator
@@ -53,6 +55,53 @@ def gramian(grads: PerTaskGrads) -> jax.Array:
     return sum(jnp.einsum("s...,t...->st", g, g,
                           preferred_element_type=jnp.promote_types(g.dtype, jnp.float32))
                for g in leaves)
+
+
+def accumulation_dtype(grads: PerTaskGrads) -> Any:
+    """The widest floating dtype of the leaves, at least float32."""
+    dtype = jnp.dtype(jnp.float32)
+    for leaf in jax.tree_util.tree_leaves(grads):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            dtype = jnp.promote_types(dtype, leaf.dtype)
+    return dtype
+
+
+def max_abs(grads: PerTaskGrads, dtype: Any) -> jax.Array:
+    """The largest ``|g|`` entry over all leaves and tasks (0 if there is none)."""
+    amax = jnp.zeros((), dtype)
+    for leaf in jax.tree_util.tree_leaves(grads):
+        amax = jnp.maximum(amax, jnp.max(jnp.abs(leaf), initial=0).astype(dtype))
+    return amax
+
+
+def scaled_gramian(grads: PerTaskGrads) -> tuple[jax.Array, jax.Array]:
+    """``(Ĝ, m)``: ``m = max_{t, i} |g_t[i]|`` and ``Ĝ = G / m²``, the Gramian of ``g / m``.
+
+    ``Ĝ`` has entries of order one whatever the size of the gradients, so methods
+    read it where ``‖g‖²`` itself would overflow float32 (norms ``≳ 1e19``) or
+    underflow (``≲ 1e-19``). When ``m`` is in the range where neither happens, ``Ĝ``
+    is ``G / m²`` (no copy of the gradients); otherwise it is the Gramian of a
+    rescaled copy. ``m`` is 0 (and ``Ĝ`` zero) when the gradients are all zero,
+    subnormal or not finite.
+
+    Examples:
+      >>> g, m = scaled_gramian({"w": jnp.array([[1e30, 0.0], [0.0, 2e30]])})
+      >>> g.tolist(), f"{float(m):.3g}"
+      ([[0.25, 0.0], [0.0, 1.0]], '2e+30')
+    """
+    dtype = accumulation_dtype(grads)
+    info = jnp.finfo(dtype)
+    m = max_abs(grads, dtype)
+    ok = (m >= info.tiny) & jnp.isfinite(m)
+    safe = jnp.where(ok, m, 1.0)
+    size = max(sum(math.prod(leaf.shape[1:]) for leaf in jax.tree_util.tree_leaves(grads)), 1)
+    low = math.sqrt(float(info.tiny)) / float(info.eps)  # entries ≥ ε·m square to normals
+    high = math.sqrt(float(info.max) / (4.0 * size))  # no entry of G can overflow
+    g_hat = lax.cond(
+        (safe >= low) & (safe <= high),
+        lambda: gramian(grads).astype(dtype) / (safe * safe),
+        lambda: gramian(jax.tree_util.tree_map(lambda g: g.astype(dtype) / safe, grads)))
+    return jnp.where(ok, g_hat, 0.0), jnp.where(ok, m, 0.0)
 
 
 def combine(grads: PerTaskGrads, weights: jax.Array) -> Any:

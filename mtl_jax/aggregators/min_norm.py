@@ -9,10 +9,11 @@ direction ``Jᵀ w = Σ_t w_t g_t``; ``state.weights`` reports ``w``. The solver
 in :mod:`mtl_jax.aggregators.solvers`: jittable, vmappable, with stated
 tolerances and bounded iteration counts.
 
-One difference from :func:`~mtl_jax.aggregators.base.from_weighting`: the Gramian
-is computed from the gradients divided by their largest absolute entry ``m``
-(:func:`scaled_gramian`), because ``‖g‖²`` overflows float32 for gradients of norm
-``~1e19`` and more and underflows for ``~1e-19`` and less. The weighting
+One difference from :func:`~mtl_jax.aggregators.base.from_weighting`'s default:
+the Gramian is that of the gradients divided by their largest absolute entry ``m``
+(:func:`~mtl_jax.aggregators.base.scaled_gramian`), because ``‖g‖²`` overflows
+float32 for gradients of norm ``~1e19`` and more and underflows for ``~1e-19``
+and less. The weighting
 functions get that scaled Gramian ``Ĝ = G / m²`` and ``m``; the methods whose
 weights depend on the gradients' size (Nash-MTL, FairGrad, UPGrad/DualProj's
 ``norm_eps``) map them back.
@@ -38,45 +39,20 @@ from mtl_jax.aggregators.base import (
     Aggregator,
     check_num_tasks,
     from_weighting,
-    gramian,
+    scaled_gramian,
 )
 
 __all__ = ["FACTORIES", "NashMTLState", "cagrad", "dualproj", "fairgrad", "mgda",
-           "nash_mtl", "scaled_gramian", "upgrad"]
+           "nash_mtl", "upgrad"]
 
 ScaledWeightingFn = Callable[[jax.Array, jax.Array, Any, jax.Array | None],
                              tuple[jax.Array, Any]]
 
 
-def scaled_gramian(grads) -> tuple[jax.Array, jax.Array]:
-    """``(Ĝ, m)`` with ``m = max_{t, i} |g_t[i]|`` and ``Ĝ = G / m²`` the Gramian of ``g / m``.
-
-    The true Gramian is ``m² Ĝ``; ``Ĝ`` has entries of order one whatever the size of
-    the gradients. ``m`` is 0 (and ``Ĝ`` zero) when the gradients are all zero or
-    subnormal.
-
-    Examples:
-      >>> g, m = scaled_gramian({"w": jnp.array([[1e30, 0.0], [0.0, 2e30]])})
-      >>> g.tolist(), f"{float(m):.3g}"
-      ([[0.25, 0.0], [0.0, 1.0]], '2e+30')
-    """
-    leaves = jax.tree_util.tree_leaves(grads)
-    dtype = jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.float32
-    m = jnp.zeros((), dtype)
-    for leaf in leaves:
-        if leaf.size:
-            m = jnp.maximum(m, jnp.max(jnp.abs(leaf)).astype(dtype))
-    ok = (m >= jnp.finfo(dtype).tiny) & jnp.isfinite(m)
-    inv = jnp.where(ok, 1.0 / jnp.where(ok, m, 1.0), 0.0)
-    g_hat = gramian(jax.tree_util.tree_map(lambda g: g.astype(dtype) * inv, grads))
-    return g_hat, jnp.where(ok, m, 0.0)
-
-
 def _aggregator(weighting: ScaledWeightingFn, num_tasks: int,
                 init_inner: Callable[[int], Any] = lambda t: ()) -> Aggregator:
-    """:func:`~mtl_jax.aggregators.base.from_weighting` on :func:`scaled_gramian`,
+    """:func:`~mtl_jax.aggregators.base.from_weighting` on
+    :func:`~mtl_jax.aggregators.base.scaled_gramian`,
     with ``w, inner = weighting(Ĝ, m, inner, value)`` and weights kept finite."""
     big = jnp.finfo(jnp.float32).max / (4 * num_tasks)
 

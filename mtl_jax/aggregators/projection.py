@@ -45,10 +45,12 @@ from jax import lax
 from mtl_jax.aggregators.base import (
     Aggregator,
     AggregatorState,
+    accumulation_dtype,
     check_grads,
     check_num_tasks,
     from_weighting,
-    gramian,
+    max_abs,
+    scaled_gramian,
 )
 
 __all__ = [
@@ -97,40 +99,6 @@ def _split_key(data: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jax.random.key_data(new), use
 
 
-def _acc_dtype(grads: Any) -> Any:
-    dtype = jnp.dtype(jnp.float32)
-    for leaf in jax.tree_util.tree_leaves(grads):
-        dtype = jnp.promote_types(dtype, leaf.dtype)
-    return dtype
-
-
-def _max_abs(grads: Any, dtype: Any) -> jax.Array:
-    """The largest ``|g|`` entry over all leaves, or 1 if every entry is 0."""
-    amax = jnp.zeros((), dtype)
-    for leaf in jax.tree_util.tree_leaves(grads):
-        amax = jnp.maximum(amax, jnp.max(jnp.abs(leaf), initial=0).astype(dtype))
-    return jnp.where(amax > 0, amax, 1.0)
-
-
-def _scaled_gramian(grads: Any) -> jax.Array:
-    """Gramian of the gradients divided by their largest entry ``a`` (see module doc).
-
-    When ``a`` is in a range where ``G`` itself neither overflows nor loses entries
-    to underflow, this is ``G / a²`` (no copy of the gradients); otherwise the
-    Gramian of ``g / a`` (a rescaled copy, leaf by leaf).
-    """
-    dtype = _acc_dtype(grads)
-    amax = _max_abs(grads, dtype)
-    info = jnp.finfo(dtype)
-    size = max(sum(math.prod(leaf.shape[1:]) for leaf in jax.tree_util.tree_leaves(grads)), 1)
-    low = math.sqrt(float(info.tiny)) / float(info.eps)  # entries ≥ ε·a square to normals
-    high = math.sqrt(float(info.max) / (4.0 * size))  # no entry of G can overflow
-    return lax.cond(
-        (amax >= low) & (amax <= high),
-        lambda: gramian(grads).astype(dtype) / (amax * amax),
-        lambda: gramian(jax.tree_util.tree_map(lambda g: g.astype(dtype) / amax, grads)))
-
-
 def _tiny(dtype: Any) -> float:
     """Squared norms at or below this (in the rescaled Gramian) count as zero."""
     info = jnp.finfo(dtype)
@@ -175,10 +143,11 @@ def _gramian_aggregator(num_tasks: int,
                         weighting: Callable[[jax.Array, Any], tuple[jax.Array, Any]],
                         init_inner: Callable[[], Any]) -> Aggregator:
     """:func:`~mtl_jax.aggregators.base.from_weighting` with ``w, inner = weighting(G, inner)``
-    on the rescaled Gramian (:func:`_scaled_gramian`), which all methods here are
-    invariant to."""
+    on the rescaled Gramian (:func:`~mtl_jax.aggregators.base.scaled_gramian`), which
+    all methods here are invariant to."""
     return from_weighting(lambda gram, inner, value: weighting(gram, inner), num_tasks,
-                          lambda t: init_inner(), summary=_scaled_gramian)
+                          lambda t: init_inner(),
+                          summary=lambda grads: scaled_gramian(grads)[0])
 
 
 # ---------------------------------------------------------------------------- PCGrad
@@ -425,8 +394,9 @@ def graddrop(num_tasks: int, *, leakage: float | Sequence[float] = 0.0,
         del params, value, extra
         check_grads(grads, num_tasks)
         key_data, key = _split_key(state.inner)
-        dtype = _acc_dtype(grads)
-        amax = _max_abs(grads, dtype)  # common rescaling: no overflow in Σ|g|
+        dtype = accumulation_dtype(grads)
+        amax = max_abs(grads, dtype)  # common rescaling: no overflow in Σ|g|
+        amax = jnp.where(amax > 0, amax, 1.0)
         leak = jnp.asarray(leaks, dtype)
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         sizes = [math.prod(leaf.shape[1:]) for leaf in leaves]

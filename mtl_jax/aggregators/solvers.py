@@ -108,6 +108,12 @@ def _info(iterations, residual, tol) -> SolverInfo:
     return SolverInfo(jnp.asarray(iterations, jnp.int32), residual, residual <= tol)
 
 
+def _single_task(dtype, tol, return_info: bool):
+    """The one point ``w = (1,)`` of the one-task simplex (and its info if asked)."""
+    w = jnp.ones(1, dtype)
+    return (w, _info(0, jnp.zeros((), dtype), tol)) if return_info else w
+
+
 # ---------------------------------------------------------------------------
 # the simplex
 # ---------------------------------------------------------------------------
@@ -329,8 +335,7 @@ def min_norm_simplex(G, *, max_iters: int = 100, tol: float = 1e-6,
     t = G.shape[0]
     dtype = G.dtype
     if t == 1:
-        w = jnp.ones(1, dtype)
-        return (w, _info(0, jnp.zeros((), dtype), tol)) if return_info else w
+        return _single_task(dtype, tol, return_info)
     Gn, _ = _normalize(G, jnp.max(jnp.diag(G)))
     absg = jnp.abs(Gn)
     tiny = jnp.finfo(dtype).tiny
@@ -525,8 +530,7 @@ def cagrad_simplex(G, *, c: float = 0.4, max_iters: int = 200, tol: float = 1e-6
     t = G.shape[0]
     dtype = G.dtype
     if t == 1:
-        w = jnp.ones(1, dtype)
-        return (w, _info(0, jnp.zeros((), dtype), tol)) if return_info else w
+        return _single_task(dtype, tol, return_info)
     Gn, _ = _normalize(G, jnp.max(jnp.diag(G)))
     absg = jnp.abs(Gn)
     b = jnp.full(t, 1.0 / t, dtype)
