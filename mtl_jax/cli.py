@@ -1,9 +1,10 @@
-"""The ``mtl-jax`` command line: ``train`` and ``list``."""
+"""The ``mtl-jax`` command line: ``train``, ``list`` and ``reproduce``."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 
 from mtl_jax import ensemble
@@ -11,6 +12,7 @@ from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CheckpointError
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
 from mtl_jax.loop import NonFiniteLossError
+from mtl_jax.reproduce import BENCHMARKS, toy
 
 CATALOGUE = {
     "archs": {"hard": "shared trunk, stacked per-task heads (hard parameter sharing)",
@@ -30,6 +32,14 @@ CATALOGUE = {
 }
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names such as ew,mgda, "
+                                         f"got {text!r}")
+    return names
+
+
 def _weights(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(w) for w in text.split(","))
@@ -41,7 +51,8 @@ def _weights(text: str) -> tuple[float, ...]:
 def parser() -> argparse.ArgumentParser:
     defaults = Config()
     top = argparse.ArgumentParser(
-        prog="mtl-jax", description="Multi-task learning in JAX: train models, list choices.")
+        prog="mtl-jax",
+        description="Multi-task learning in JAX: train models, list choices, reproduce benchmarks.")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser(
         "train", help="train a multi-task model and its single-task baselines",
@@ -86,7 +97,33 @@ def parser() -> argparse.ArgumentParser:
                                  description="List the choices for train's flags.")
     lister.add_argument("what", nargs="?", choices=sorted(CATALOGUE),
                         help="what to list (default: everything)")
+    _add_reproduce(commands)
     return top
+
+
+def _add_reproduce(commands) -> None:
+    listing = "; ".join(f"{name}: {text}" for name, text in BENCHMARKS.items())
+    reproduce = commands.add_parser(
+        "reproduce", help="reproduce a published benchmark",
+        description=f"Reproduce a published benchmark. Benchmarks: {listing}.")
+    benchmarks = reproduce.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    settings = "; ".join(f"{name}: L1 x {s.scale:g}, {s.steps:,} steps, {len(s.starts)} starts "
+                         f"({s.source})" for name, s in toy.SETTINGS.items())
+    parser = benchmarks.add_parser(
+        "toy", help=BENCHMARKS["toy"],
+        description="Train every method from the start points of the two-task toy problem "
+        "(CAGrad, Nash-MTL, FAMO) with Adam, each method as one compiled program; write "
+        "toy.json, toy.md, toy_params.png and toy_losses.png to --out and print the table. "
+        f"Settings: {settings}.")
+    add = parser.add_argument
+    add("--setting", default="nash", choices=list(toy.SETTINGS),
+        help="whose set-up: loss scale, steps, start points, method knobs (default: nash)")
+    add("--methods", type=_names, default=None,
+        help="comma-separated methods (default: every method of 'mtl-jax list methods' but "
+        "mgda_ub, which is mgda here, and fixed, which is ew)")
+    add("--steps", type=int, default=None, help="Adam steps (default: the setting's)")
+    add("--out", default=None,
+        help="output directory (default: runs/toy-<date-time>); a non-empty one is refused")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, text in CATALOGUE[what].items():
                 print(f"  {name:14s} {text}")
         return 0
+    if args.command == "reproduce":
+        return _reproduce(args)
     config = Config(dataset=args.dataset, arch=args.arch, trunk=args.trunk, penalty=args.penalty,
                     penalty_weight=args.penalty_weight, method=args.method,
                     loss_weights=args.loss_weights,
@@ -113,6 +152,25 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(error.args[0] if isinstance(error, KeyError) else str(error))
     print(report.table())
     print(f"\nwrote {out}/: config.json, metrics.jsonl, curves.png, results.md, checkpoints/")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    out = args.out or f"runs/toy-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if os.path.isdir(out) and os.listdir(out):
+        return _fail(f"--out {out} exists and is not empty; choose a new directory")
+    if os.path.exists(out) and not os.path.isdir(out):
+        return _fail(f"--out {out} exists and is not a directory")
+    try:
+        toy.check_methods(args.methods or ())
+        if args.steps is not None and args.steps < 1:
+            raise ValueError(f"--steps must be a positive number of steps, got {args.steps}")
+        summary = toy.benchmark(args.setting, args.methods, steps=args.steps, out=out,
+                                log=lambda line: print(line, flush=True))
+    except ValueError as error:
+        return _fail(str(error))
+    print(f"\n{toy.table(summary)}\n\ntotal {summary['total_s']:.0f} s")
+    print(f"wrote {out}/: toy.json, toy.md, toy_params.png, toy_losses.png")
     return 0
 
 
