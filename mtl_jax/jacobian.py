@@ -39,12 +39,27 @@ def per_task_grads(losses_fn: Callable[[Any], jax.Array], primal: Any, *,
         raise ValueError(f"losses_fn must return a vector of task losses, got shape "
                          f"{losses.shape}")
     basis = jnp.eye(losses.shape[0], dtype=losses.dtype)
-    row = lambda cotangent: pullback(cotangent)[0]  # noqa: E731
-    if chunk_size is None or chunk_size >= losses.shape[0]:
-        return losses, jax.vmap(row)(basis)
+    return losses, pullback_rows(lambda cotangent: pullback(cotangent)[0], basis,
+                                 chunk_size=chunk_size)
+
+
+def pullback_rows(pullback: Callable[[jax.Array], Any], cotangents: jax.Array, *,
+                  chunk_size: int | None = None) -> Any:
+    """``pullback`` of every row of ``cotangents [T, ...]``, stacked: leaves ``[T, ...]``.
+
+    ``chunk_size`` maps over chunks of that many rows (``lax.map``), bounding memory;
+    ``None`` vectorises all rows together.
+
+    Examples:
+      >>> _, pullback = jax.vjp(lambda w: 2.0 * w, jnp.ones(2))
+      >>> pullback_rows(lambda c: pullback(c)[0], jnp.eye(2)).tolist()
+      [[2.0, 0.0], [0.0, 2.0]]
+    """
+    if chunk_size is None or chunk_size >= cotangents.shape[0]:
+        return jax.vmap(pullback)(cotangents)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return losses, jax.lax.map(row, basis, batch_size=chunk_size)
+    return jax.lax.map(pullback, cotangents, batch_size=chunk_size)
 
 
 def shared_mask(params: Any, shared: Selector) -> Any:

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from mtl_jax.aggregators.base import Aggregator
-from mtl_jax.jacobian import keep, per_task_grads, shared_mask
+from mtl_jax.jacobian import keep, per_task_grads, pullback_rows, shared_mask
 from mtl_jax.tasks import Tasks
 from mtl_jax.tree import Selector
 
@@ -185,9 +185,12 @@ def make_train_step(model: nn.Module, tasks: Tasks, optimizer: optax.GradientTra
     ``shared`` parameters (a path regex or predicate; ``"trunk"`` for
     :class:`~mtl_jax.models.HardSharing`) are combined by it, the task-specific
     parameters get their ordinary gradient ``Σ_t w_t ∇L_t``, and the penalty's
-    gradient is added. ``wrt="representation"`` instead aggregates the
-    gradients with respect to the trunk's output (MGDA-UB's rep-grad: about one
-    backward pass, not ``T``) and trains on ``Σ_t a_t w_t L_t`` with the
+    gradient is added. When the shared parameters are exactly the model's
+    ``trunk`` (the default for :class:`~mtl_jax.models.HardSharing`), the per-task
+    gradients factor through the trunk's output: ``T`` backward passes through the
+    trunk and one through the heads. ``wrt="representation"`` instead aggregates the
+    gradients with respect to the trunk's output (MGDA-UB's rep-grad: two backward
+    passes, not ``T``) and trains on ``Σ_t a_t w_t L_t`` with the
     aggregator's weights ``a``; it needs a model with ``trunk`` and ``heads``.
     ``wrt="losses"`` is for loss-based methods (their weights depend on the
     losses only): one forward and one backward pass, like equal weighting.
@@ -223,7 +226,7 @@ def make_train_step(model: nn.Module, tasks: Tasks, optimizer: optax.GradientTra
         if not (hasattr(model, "trunk") and hasattr(model, "heads")):
             raise ValueError(f"wrt='representation' needs a model with a trunk and heads, "
                              f"got {type(model).__name__}")
-        gradients = _representation_gradients(model, tasks, penalty, aggregator, chunk_size)
+        gradients = _representation_gradients(model, tasks, penalty, aggregator)
 
     def step(state: TrainState, batch: Batch):
         check_batch(tasks, batch)
@@ -301,19 +304,27 @@ def _logs(losses, penalty_value, state: TrainState, aggregator_state) -> dict:
 
 def _aggregated_gradients(model, tasks, penalty, aggregator, shared, chunk_size):
     def gradients(state, batch):
-        losses, jac = per_task_grads(
-            lambda p: tasks.losses(model.apply(p, batch["x"]), batch["y"]), state.params,
-            chunk_size=chunk_size)
-        jac = jax.tree_util.tree_map(lambda g: _scale_rows(g, state.loss_weights), jac)
         mask = shared_mask(state.params, shared)
+        if _trunk_is_shared(model, state.params, mask, batch["x"]):
+            losses, trunk_pullback, through_heads = _split_at_representation(
+                model, tasks, state.params, batch)
+            rest, dz = through_heads(state.loss_weights)
+            jac = pullback_rows(lambda c: trunk_pullback(c)[0], dz, chunk_size=chunk_size)
+        else:
+            losses, jac = per_task_grads(
+                lambda p: tasks.losses(model.apply(p, batch["x"]), batch["y"]), state.params,
+                chunk_size=chunk_size)
+            jac = jax.tree_util.tree_map(lambda g: _scale_rows(g, state.loss_weights), jac)
+            rest = jax.tree_util.tree_map(lambda g: g.sum(0), jac)
         direction, aggregator_state = aggregator.update(
             keep(jac, mask), state.aggregator_state, value=state.loss_weights * losses)
         alone = _single_task(state.loss_weights)
         flat_mask, treedef = jax.tree_util.tree_flatten(mask)
         shared_parts = iter(jax.tree_util.tree_leaves(direction))
         grads = treedef.unflatten([
-            jnp.where(alone, g.sum(0), next(shared_parts)) if is_shared else g.sum(0)
-            for is_shared, g in zip(flat_mask, treedef.flatten_up_to(jac))])
+            jnp.where(alone, g.sum(0), next(shared_parts)) if is_shared else r
+            for is_shared, g, r in zip(flat_mask, treedef.flatten_up_to(jac),
+                                       treedef.flatten_up_to(rest))])
         penalty_value, penalty_grad = _penalty_grad(penalty, state.params, state.penalty_weight)
         grads = jax.tree_util.tree_map(jnp.add, grads, penalty_grad)
         return grads, aggregator_state, _logs(losses, penalty_value, state, aggregator_state)
@@ -321,29 +332,56 @@ def _aggregated_gradients(model, tasks, penalty, aggregator, shared, chunk_size)
     return gradients
 
 
-def _representation_gradients(model, tasks, penalty, aggregator, chunk_size):
+def _trunk_is_shared(model, params, mask, x) -> bool:
+    """Whether the shared parameters are exactly a ``trunk``'s, read by every task.
+
+    Then per-task gradients factor through the trunk's output ``z``
+    (:func:`_split_at_representation`): ``T`` backward passes through the trunk and
+    one through the heads, instead of ``T`` through the whole model (whose
+    stacked heads would cost ``T²`` head gradients).
+    """
+    if isinstance(x, Mapping) or not (hasattr(model, "trunk") and hasattr(model, "heads")):
+        return False
+    in_trunk = shared_mask(params, lambda path, leaf: path.startswith("params/trunk/"))
+    return jax.tree_util.tree_leaves(in_trunk) == jax.tree_util.tree_leaves(mask)
+
+
+def _split_at_representation(model, tasks, params, batch):
+    """The losses, the trunk's pullback, and ``through_heads(w)``: a backward pass of
+    ``Σ_t w_t L_t`` through the heads.
+
+    Every task's head reads its own copy of the trunk output ``z``, so that one
+    pass returns, besides the heads' parameter gradients, ``w_t ∂L_t/∂z`` for every
+    task, stacked ``[T, B, D]``.
+    """
+    x, y = batch["x"], batch["y"]
+    z, trunk_pullback = jax.vjp(
+        lambda p: model.apply(p, x, method=lambda m, v: m.trunk(v)), params)
+    losses, heads_pullback = jax.vjp(
+        lambda p, zs: tasks.losses(model.apply(p, zs, method=lambda m, v: m.heads(v)), y),
+        params, {name: z for name in tasks.names})
+
+    def through_heads(weights):
+        head_grads, dz = heads_pullback(weights.astype(losses.dtype))
+        return head_grads, jnp.stack([dz[name] for name in tasks.names])
+
+    return losses, trunk_pullback, through_heads
+
+
+def _representation_gradients(model, tasks, penalty, aggregator):
     def gradients(state, batch):
-        x, y = batch["x"], batch["y"]
-        if isinstance(x, Mapping):
+        if isinstance(batch["x"], Mapping):
             raise ValueError("wrt='representation' needs one input shared by all tasks")
-        z = model.apply(state.params, x, method=lambda m, v: m.trunk(v))
-        losses, jac = per_task_grads(
-            lambda rep: tasks.losses(model.apply(state.params, rep,
-                                                 method=lambda m, v: m.heads(v)), y),
-            z, chunk_size=chunk_size)
-        scaled = _scale_rows(jac, state.loss_weights)
+        losses, trunk_pullback, through_heads = _split_at_representation(
+            model, tasks, state.params, batch)
+        _, dz = through_heads(state.loss_weights)
         _, aggregator_state = aggregator.update(
-            {"representation": scaled}, state.aggregator_state,
-            value=state.loss_weights * losses)
-        weights = _trained_weights(state, aggregator_state)
-
-        def loss_fn(params):
-            task_losses = tasks.losses(model.apply(params, x), y)
-            penalty_value = penalty_term(penalty, params, state.penalty_weight)
-            return (jnp.dot(weights, task_losses) + state.penalty_weight * penalty_value,
-                    penalty_value)
-
-        (_, penalty_value), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            {"representation": dz}, state.aggregator_state, value=state.loss_weights * losses)
+        head_grads, dz = through_heads(_trained_weights(state, aggregator_state))
+        trunk_grads = trunk_pullback(dz.sum(0))[0]
+        penalty_value, penalty_grad = _penalty_grad(penalty, state.params, state.penalty_weight)
+        grads = jax.tree_util.tree_map(lambda h, t, p: h + t + p, head_grads, trunk_grads,
+                                       penalty_grad)
         return grads, aggregator_state, _logs(losses, penalty_value, state, aggregator_state)
 
     return gradients

@@ -60,29 +60,29 @@ def fixed(weights):
 
 
 @pytest.mark.parametrize("chunk_size", [None, 2])
-def test_aggregated_step_combines_shared_gradients_and_sums_head_gradients(setup, chunk_size):
+@pytest.mark.parametrize("shared", ["trunk", "trunk/Dense_0/kernel"])
+def test_aggregated_step_combines_shared_gradients_and_sums_head_gradients(setup, chunk_size,
+                                                                          shared):
+    # shared="trunk" factors the per-task gradients through the trunk's output; a
+    # selector of part of the trunk takes the general path (the whole model's
+    # per-task gradients). Both must give the same update rule.
     model, tasks, batch = setup
     weights, loss_weights, lr = [2.0, 0.5, 1.0], np.array([1.0, 3.0, 0.5]), 0.1
     aggregator = fixed(weights)
     state = mtl.init_state(model, tasks, jax.random.key(1), batch, optax.sgd(lr),
-                           loss_weights=loss_weights, aggregator=aggregator)
+                           loss_weights=loss_weights, aggregator=aggregator, shared=shared)
     step = jax.jit(mtl.make_train_step(model, tasks, optax.sgd(lr), aggregator=aggregator,
-                                       chunk_size=chunk_size))
+                                       shared=shared, chunk_size=chunk_size))
     new, logs = step(state, batch)
     grads = [task_grad(model, tasks, batch, state.params, t) for t in range(3)]
-    trunk = lambda g: g["params"]["trunk"]  # noqa: E731
-    heads = lambda g: g["params"]["heads"]  # noqa: E731
-    expected_trunk = jax.tree_util.tree_map(
-        lambda *gs: sum(w * lw * g for w, lw, g in zip(weights, loss_weights, gs)),
-        *map(trunk, grads))
-    expected_heads = jax.tree_util.tree_map(
-        lambda *gs: sum(lw * g for lw, g in zip(loss_weights, gs)), *map(heads, grads))
+    mask = shared_mask(state.params, shared)
+    expected = jax.tree_util.tree_map(
+        lambda is_shared, *gs: sum((w if is_shared else 1.0) * lw * g
+                                   for w, lw, g in zip(weights, loss_weights, gs)),
+        mask, *grads)
     jax.tree_util.tree_map(
         lambda n, o, e: np.testing.assert_allclose(n, o - lr * e, atol=1e-6),
-        trunk(new.params), trunk(state.params), expected_trunk)
-    jax.tree_util.tree_map(
-        lambda n, o, e: np.testing.assert_allclose(n, o - lr * e, atol=1e-6),
-        heads(new.params), heads(state.params), expected_heads)
+        new.params, state.params, expected)
     np.testing.assert_allclose(logs["task_weights"], weights)
 
 
