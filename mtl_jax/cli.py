@@ -12,11 +12,10 @@ from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CheckpointError
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
 from mtl_jax.loop import NonFiniteLossError
-from mtl_jax.reproduce import BENCHMARKS, toy
+from mtl_jax.reproduce import BENCHMARKS, mmoe, toy
 
 CATALOGUE = {
-    "archs": {"hard": "shared trunk, stacked per-task heads (hard parameter sharing)",
-              "soft": "one trunk+head tower per task, tied by --penalty (soft sharing)"},
+    "archs": {name: arch.summary for name, arch in ARCHS.items()},
     "penalties": {"none": "no penalty",
                   "l2": "sum over tasks of squared distance to the task mean (Duong et al. 2015)",
                   "l2-pairwise": "sum over task pairs of squared distances",
@@ -38,6 +37,15 @@ def _names(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated names such as ew,mgda, "
                                          f"got {text!r}")
     return names
+
+
+def _correlations(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated task correlations such as 0.5,0.9,1.0, got {text!r}"
+        ) from None
 
 
 def _weights(text: str) -> tuple[float, ...]:
@@ -62,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = train.add_argument
     add("--dataset", default=defaults.dataset, choices=sorted(DATASETS), help="built-in data")
-    add("--arch", default=defaults.arch, choices=ARCHS, help="parameter sharing")
+    add("--arch", default=defaults.arch, choices=list(ARCHS),
+        help="multi-task architecture (see: mtl-jax list archs)")
     add("--trunk", default=defaults.trunk, choices=sorted(TRUNKS), help="trunk / tower body")
     add("--penalty", default=defaults.penalty, choices=list(PENALTIES),
         help="soft-sharing penalty (needs --arch soft)")
@@ -124,6 +133,44 @@ def _add_reproduce(commands) -> None:
     add("--steps", type=int, default=None, help="Adam steps (default: the setting's)")
     add("--out", default=None,
         help="output directory (default: runs/toy-<date-time>); a non-empty one is refused")
+    _add_mmoe(benchmarks)
+
+
+def _add_mmoe(benchmarks) -> None:
+    defaults = mmoe.Setup()
+    parser = benchmarks.add_parser(
+        "mmoe", help=BENCHMARKS["mmoe"],
+        description="The synthetic benchmark of MMoE (Ma et al., KDD 2018, Sec. 4.3 and "
+        "6.2.1): two regression tasks whose weight vectors have cosine p; every model's runs "
+        "at every p (each run its own data and initialisation) are one vmapped, compiled "
+        "program. Writes mmoe.json, mmoe.md, mmoe_curves.png and, with --sweep, "
+        "mmoe_sweep.png to --out and prints the table. The defaults are a reduced run (a few "
+        "minutes on a 2-core CPU); the paper's scale is --runs 200, e.g. "
+        "'mtl-jax reproduce mmoe --runs 200 --steps 2000 --sweep --sweep-runs 50 "
+        "--sequential 5'. Models: " + "; ".join(f"{name}: {m.summary}"
+                                               for name, m in mmoe.MODELS.items()) + ".")
+    add = parser.add_argument
+    add("--runs", type=int, default=20,
+        help="independent runs (data and initialisation) per model and p (paper: 200)")
+    add("--steps", type=int, default=defaults.steps, help="Adam steps per run")
+    add("--p", type=_correlations, default=mmoe.P_VALUES,
+        help="comma-separated task correlations in [-1, 1] (default: the paper's 0.5,0.9,1.0)")
+    add("--sweep", action="store_true",
+        help="also run --sweep-runs runs at p = 0, 0.1, ..., 1 (in the same programs) and "
+        "plot the final loss against p")
+    add("--sweep-runs", type=int, default=10, help="runs per p of the sweep")
+    add("--models", type=_names, default=None,
+        help=f"comma-separated models (default: all of {','.join(mmoe.MODELS)})")
+    add("--lr", type=float, default=None,
+        help="Adam learning rate for every model (default: each model's, see mmoe.md)")
+    add("--batch-size", type=int, default=defaults.batch_size,
+        help="fresh examples per step")
+    add("--sequential", type=int, default=0, metavar="N",
+        help="also time the first N members run one after another with the single-run "
+        "program and extrapolate to all (0: skip)")
+    add("--seed", type=int, default=0, help="seeds every run's data and initialisation")
+    add("--out", default=None,
+        help="output directory (default: runs/mmoe-<date-time>); a non-empty one is refused")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,12 +203,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    out = args.out or f"runs/toy-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    out = args.out or f"runs/{args.benchmark}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if os.path.isdir(out) and os.listdir(out):
         return _fail(f"--out {out} exists and is not empty; choose a new directory")
     if os.path.exists(out) and not os.path.isdir(out):
         return _fail(f"--out {out} exists and is not a directory")
     try:
+        if args.benchmark == "mmoe":
+            return _reproduce_mmoe(args, out)
         toy.check_methods(args.methods or ())
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be a positive number of steps, got {args.steps}")
@@ -171,6 +220,28 @@ def _reproduce(args: argparse.Namespace) -> int:
         return _fail(str(error))
     print(f"\n{toy.table(summary)}\n\ntotal {summary['total_s']:.0f} s")
     print(f"wrote {out}/: toy.json, toy.md, toy_params.png, toy_losses.png")
+    return 0
+
+
+def _reproduce_mmoe(args: argparse.Namespace, out: str) -> int:
+    mmoe.check_models(args.models or ())
+    for flag in ("runs", "steps", "sweep_runs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, "
+                             f"got {getattr(args, flag)}")
+    if args.sequential < 0:
+        raise ValueError(f"--sequential must be >= 0, got {args.sequential}")
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    setup = mmoe.Setup(steps=args.steps, batch_size=args.batch_size,
+                       records=min(mmoe.Setup().records, args.steps))
+    summary = mmoe.benchmark(args.models, runs=args.runs, ps=args.p,
+                             sweep_runs=args.sweep_runs if args.sweep else 0, setup=setup,
+                             learning_rate=args.lr, sequential_runs=args.sequential,
+                             seed=args.seed, out=out, log=lambda line: print(line, flush=True))
+    print(f"\n{mmoe.table(summary)}\n\ntotal {summary['total_s']:.0f} s")
+    print(f"wrote {out}/: mmoe.json, mmoe.md, mmoe_curves.png"
+          + (", mmoe_sweep.png" if args.sweep else ""))
     return 0
 
 

@@ -14,7 +14,7 @@ import functools
 import json
 import pathlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,7 +26,19 @@ from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CONFIG_FILE, Checkpointer, CheckpointError, check_writable
 from mtl_jax.data import Dataset, multidigits, synthetic_images
 from mtl_jax.loop import evaluate, fit
-from mtl_jax.models import ConvTrunk, HardSharing, MLPTrunk, SoftSharing, StackedHeads
+from mtl_jax.models import (
+    CGC,
+    MTAN,
+    PLE,
+    ConvTrunk,
+    CrossStitch,
+    DSelectKGates,
+    HardSharing,
+    MLPTrunk,
+    MMoE,
+    SoftSharing,
+    StackedHeads,
+)
 from mtl_jax.plots import plot_curves
 from mtl_jax.tasks import Tasks, classification
 from mtl_jax.train import make_eval_step, make_train_step
@@ -55,14 +67,48 @@ PENALTIES: dict[str, Callable[[Any], jax.Array] | None] = {
 }
 
 
+class Arch(NamedTuple):
+    """How ``--arch NAME`` builds its model: ``build(trunk, names, num_classes)``."""
+
+    build: Callable[[nn.Module, tuple[str, ...], int], nn.Module]
+    summary: str
+    needs_conv: bool = False
+
+
+ARCHS: dict[str, Arch] = {
+    "hard": Arch(lambda trunk, names, c: HardSharing(trunk, StackedHeads(names, c)),
+                 "shared trunk, stacked per-task heads (hard parameter sharing)"),
+    "soft": Arch(lambda trunk, names, c: SoftSharing(nn.Sequential([trunk, nn.Dense(c)]), names),
+                 "one trunk+head tower per task, tied by --penalty (soft sharing)"),
+    "mmoe": Arch(lambda trunk, names, c: MMoE(trunk, names, c, num_experts=4),
+                 "4 trunk experts, one softmax gate per task (Ma et al. 2018)"),
+    "omoe": Arch(lambda trunk, names, c: MMoE(trunk, names, c, num_experts=4, one_gate=True),
+                 "4 trunk experts, one gate shared by all tasks (Ma et al. 2018's baseline)"),
+    "dselect-k": Arch(lambda trunk, names, c: MMoE(
+        trunk, names, c, num_experts=4, gate=functools.partial(DSelectKGates, k=2)),
+        "4 trunk experts, DSelect-k gates with k = 2 (Hazimeh et al. 2021)"),
+    "cgc": Arch(lambda trunk, names, c: CGC(trunk, names, c, num_shared_experts=2,
+                                             num_task_experts=1),
+                "2 shared + 1 expert per task, per-task gates (Tang et al. 2020)"),
+    "ple": Arch(lambda trunk, names, c: PLE(trunk, names, c, num_shared_experts=2,
+                                             num_task_experts=1, levels=2),
+                "2 levels of CGC extraction (progressive layered extraction, Tang et al. 2020)"),
+    "cross-stitch": Arch(lambda trunk, names, c: CrossStitch(trunk, names, c),
+                         "per-task columns mixed by cross-stitch units (Misra et al. 2016)"),
+    "mtan": Arch(lambda trunk, names, c: MTAN(trunk, names, c),
+                 "per-task attention over a shared conv trunk (Liu et al. 2019); --trunk conv",
+                 needs_conv=True),
+}
+
+
 def build_model(arch: str, trunk: str, names: Sequence[str], num_classes: int) -> nn.Module:
-    """``"hard"``: a shared trunk and stacked heads; ``"soft"``: one trunk+head per task."""
-    if arch == "hard":
-        return HardSharing(TRUNKS[trunk](), StackedHeads(tuple(names), num_classes))
-    return SoftSharing(nn.Sequential([TRUNKS[trunk](), nn.Dense(num_classes)]), tuple(names))
+    """The model of ``--arch arch`` on a ``--trunk trunk`` trunk (or experts, towers)."""
+    return ARCHS[arch].build(TRUNKS[trunk](), tuple(names), num_classes)
 
 
-ARCHS = ("hard", "soft")
+def shared_parameters(model: nn.Module) -> str:
+    """The path regex of the parameters the tasks share (aggregated by gradient methods)."""
+    return getattr(model, "shared", "trunk")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +153,16 @@ class Config:
         if self.penalty != "none" and self.arch != "soft":
             raise ValueError(f"penalty {self.penalty!r} ties per-task towers together and needs "
                              "arch 'soft'")
-        if registry.METHODS[self.method].wrt != "losses" and self.arch != "hard":
+        wrt = registry.METHODS[self.method].wrt
+        if wrt == "parameters" and self.arch == "soft":
             raise ValueError(f"method {self.method!r} aggregates the gradients of shared "
-                             "parameters and needs arch 'hard'")
+                             "parameters; arch 'soft' shares none")
+        if wrt == "representation" and self.arch != "hard":
+            raise ValueError(f"method {self.method!r} aggregates the gradients of a shared "
+                             "representation and needs arch 'hard'")
+        if ARCHS[self.arch].needs_conv and self.trunk != "conv":
+            raise ValueError(f"arch {self.arch!r} attends over convolutional feature maps "
+                             f"and needs trunk 'conv', got {self.trunk!r}")
         if self.loss_weights is not None and any(
                 not np.isfinite(w) or w < 0 for w in self.loss_weights):
             raise ValueError(f"loss_weights must be finite and >= 0, got {self.loss_weights}")
@@ -193,8 +246,9 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
     aggregator, wrt = registry.get(config.method, len(names), **knobs)
     keys = jax.random.split(jax.random.key(config.seed), len(loss_weights))
     example = train.batch(0, min(config.batch_size, len(train)), config.seed)
+    shared = None if wrt == "losses" else shared_parameters(model)
     state = ensemble.init(model, tasks, keys, example, optimizer, loss_weights=loss_weights,
-                          penalty_weight=penalty_weights, aggregator=aggregator)
+                          penalty_weight=penalty_weights, aggregator=aggregator, shared=shared)
     checkpointer, log_path = None, None
     if out_dir is not None:
         checkpointer = _open_checkpoints(out_dir, config, resume)
@@ -208,7 +262,8 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     step = ensemble.step(make_train_step(model, tasks, optimizer,
                                          penalty=PENALTIES[config.penalty],
-                                         aggregator=aggregator, wrt=wrt), config.lowering)
+                                         aggregator=aggregator, wrt=wrt, shared=shared),
+                         config.lowering)
     eval_step = ensemble.lift(make_eval_step(model, tasks), config.lowering,
                               static_argnames="task")
     members = len(loss_weights)

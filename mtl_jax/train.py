@@ -106,7 +106,8 @@ def init_state(model: nn.Module, tasks: Tasks, key: jax.Array, example_batch: Ba
       loss_weights: ``[T]`` non-negative task weights (default all ones).
       penalty_weight: weight of the penalty given to :func:`make_train_step`.
       aggregator, shared: as given to :func:`make_train_step`; the aggregator's
-        state is initialised from the shared parameters.
+        state is initialised from the shared parameters (from all of them when
+        ``shared`` is None: loss-based methods, which aggregate no gradients).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -139,7 +140,7 @@ def state_builder(model: nn.Module, optimizer: optax.GradientTransformation,
     def build(key, inputs, loss_weights, penalty_weight):
         params = model.init(key, inputs)
         aggregator_state = None if aggregator is None else aggregator.init(
-            keep(params, shared_mask(params, shared)))
+            params if shared is None else keep(params, shared_mask(params, shared)))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params), loss_weights=loss_weights,
                           penalty_weight=penalty_weight, aggregator_state=aggregator_state)

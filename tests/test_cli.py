@@ -133,4 +133,29 @@ def test_every_method_trains_the_default_through_the_cli(method, tmp_path, capsy
 
 def test_gradient_methods_need_shared_parameters(capsys):
     assert exit_code([*SHORT, "--method", "pcgrad", "--arch", "soft"]) == 2
+    assert "arch 'soft' shares none" in capsys.readouterr().err
+    assert exit_code([*SHORT, "--method", "mgda_ub", "--arch", "mmoe"]) == 2
     assert "needs arch 'hard'" in capsys.readouterr().err
+
+
+def test_attention_over_feature_maps_needs_a_conv_trunk(capsys):
+    assert exit_code([*SHORT, "--arch", "mtan", "--trunk", "mlp"]) == 2
+    assert "needs trunk 'conv'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_architecture_trains_through_the_cli(arch, tmp_path, capsys):
+    # With a gradient method wherever the architecture shares parameters, so that
+    # its `shared` selector is exercised; 2 steps, with the single-task baselines.
+    method = "ew" if arch == "soft" else "pcgrad"
+    trunk = "conv" if ARCHS[arch].needs_conv else "mlp"
+    out = tmp_path / arch
+    code = cli.main(["train", "--arch", arch, "--trunk", trunk, "--method", method,
+                     "--steps", "2", "--batch-size", "8", "--eval-every", "0", "--quiet",
+                     "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == len(results["baselines"]) == 1
+    for run in results["runs"] + results["baselines"]:
+        for task in ("left", "right"):
+            assert np.isfinite(run[task]["loss"]) and 0 <= run[task]["accuracy"] <= 1
