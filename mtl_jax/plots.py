@@ -6,11 +6,8 @@ import json
 import os
 from collections import defaultdict
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 from mtl_jax.tasks import Tasks  # noqa: E402
 

@@ -41,6 +41,7 @@ import mtl_jax
 import mtl_jax.data
 from mtl_jax.aggregators import registry
 from mtl_jax.models import HardSharing, MLPTrunk, StackedHeads
+from mtl_jax.reproduce import toy
 
 print(f"jax {jax.__version__} on {jax.default_backend()}; {len(registry.METHODS)} methods")
 for name, method in registry.METHODS.items():
@@ -193,7 +194,33 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## 4. From the command line
+# ## 4. The two-task toy of the CAGrad, Nash-MTL and FAMO papers
+#
+# `mtl_jax.reproduce.toy` holds the papers' two-parameter problem. `toy.run`
+# trains all five start points of a method as one compiled program (a `scan`
+# over 35,000 Adam steps, `vmap`ped over the start points). Equal weighting
+# stalls from (9, 9) and ends at the L2 end of the Pareto front from the other
+# starts; MGDA drifts to the front's extremes; FAMO and IMTL-G land in its
+# balanced middle (`benchmarks/results/toy.md` has every method and the papers'
+# figures).
+
+# %%
+front = toy.pareto_front(scale=0.1, grid=401)
+fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), sharey=True)
+for ax, name in zip(axes, ["ew", "mgda", "famo", "imtl_g"]):
+    runs = toy.run(name)  # the default "nash" setting: L1 scaled by 0.1, 35,000 steps
+    ax.plot(front.losses[:, 0], front.losses[:, 1], color="0.6", lw=5, label="Pareto front")
+    for start, losses in zip(toy.STARTS, runs.losses):
+        ax.plot(losses[:, 0], losses[:, 1], lw=1.2, label=f"start {start}")
+        ax.plot(*losses[-1], "o", color="black", ms=4)
+    ax.set(title=f"{name} ({runs.run_s:.1f} s)", xlabel="0.1 · L1")
+axes[0].set_ylabel("L2")
+axes[-1].legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 5. From the command line
 #
 # ```bash
 # mtl-jax list methods                      # every method, with its paper

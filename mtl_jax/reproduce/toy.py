@@ -70,7 +70,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import optax
 from jax import lax
@@ -78,9 +78,6 @@ from PIL import Image
 
 from mtl_jax.aggregators import registry
 from mtl_jax.aggregators.base import Aggregator
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 FLOOR = 5e-6
 """Lower clamp of the log's argument (``LOWER`` in the papers' code)."""
