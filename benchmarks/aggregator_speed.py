@@ -40,7 +40,6 @@ import dataclasses
 import datetime
 import gc
 import importlib.metadata
-import json
 import os
 import pathlib
 import shlex
@@ -57,7 +56,7 @@ import threadpoolctl
 import torch
 import torch_methods
 import torch_models
-from step_speed import Runner, available_cores, machine_info, time_steps
+from step_speed import Runner, available_cores, machine_info, time_steps, write_report
 
 import mtl_jax
 
@@ -399,12 +398,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                warmup=args.warmup, torch_device=torch_device):
                 print(describe(row), flush=True)
                 report["rows"].append(row)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"aggregator_speed_{report['backend']}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    page = markdown(report)
-    stem.with_suffix(".md").write_text(page)
-    print(page)
+    write_report(report, markdown(report), args.out / f"aggregator_speed_{report['backend']}")
     return report
 
 

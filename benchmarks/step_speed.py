@@ -305,13 +305,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(devices),
         "rows": [row for trunk in TRUNKS for row in measure(trunk, args, devices)],
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"step_speed_{report['backend']}"
+    write_report(report, markdown(report), args.out_dir / f"step_speed_{report['backend']}")
+    return report
+
+
+def write_report(report: dict, page: str, stem: pathlib.Path) -> None:
+    """Write ``stem.json`` (the report) and ``stem.md`` (its page), and print the page."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    page = markdown(report)
     stem.with_suffix(".md").write_text(page)
     print(page)
-    return report
 
 
 if __name__ == "__main__":
