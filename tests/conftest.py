@@ -1,11 +1,22 @@
-"""Shared fixtures: tiny models, tasks and batches that compile in well under a second."""
+"""Shared fixtures: tiny models, tasks and batches that compile in well under a second.
+
+Hypothesis runs derandomized (the same examples on every run, so CI is
+reproducible); ``HYPOTHESIS_PROFILE=explore`` draws fresh examples instead.
+"""
+
+import os
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import mtl_jax as mtl
+
+settings.register_profile("deterministic", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 NAMES = ("a", "b")
 

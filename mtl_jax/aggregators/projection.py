@@ -446,7 +446,15 @@ def _imtl_g_weights(gram: jax.Array) -> jax.Array:
     rtol = 100.0 * num_tasks * _eps(gram.dtype)
     alpha = jnp.linalg.pinv(system, rtol=rtol) @ (gu * free)  # α D Uᵀ = g_ref Uᵀ
     alpha = alpha * free
-    return alpha + (tasks == ref) * (1.0 - jnp.sum(alpha))
+    alpha = alpha + (tasks == ref) * (1.0 - jnp.sum(alpha))
+    # A nonsingular G has the same α in closed form, α ∝ G⁻¹ (||g_t||)_t, which is
+    # backward stable; the D Uᵀ system above (differences of gradients and of unit
+    # vectors) loses about κ(J) more digits.
+    lam = jnp.linalg.eigvalsh(gram)
+    v = jnp.linalg.solve(gram, norms)
+    closed = v / jnp.sum(v)
+    regular = (lam[0] > rtol * lam[-1]) & jnp.all(jnp.isfinite(closed))
+    return jnp.where(regular, closed, alpha)
 
 
 def imtl_g(num_tasks: int) -> Aggregator:
@@ -467,8 +475,12 @@ def imtl_g(num_tasks: int) -> Aggregator:
     ``(D Uᵀ)⁻¹`` is a pseudo-inverse dropping singular values below
     ``100 T ε`` relative (``D Uᵀ`` is first divided by the largest norm), so e.g.
     identical gradients give ``α = e_ref`` (direction ``g``) and exactly opposite
-    ones ``α = (½, ½)`` (direction 0). TorchJD's ``IMTLG`` instead uses the
-    equivalent closed form ``α ∝ G⁺ √diag(G)``, which differs only on such inputs.
+    ones ``α = (½, ½)`` (direction 0). When ``G`` is numerically nonsingular
+    (smallest eigenvalue above ``100 T ε`` times the largest), ``α`` is computed
+    from the equivalent closed form ``α ∝ G⁻¹ (||g_t||)_t`` instead: it is backward
+    stable, while the ``D Uᵀ`` system loses about ``κ(J)`` more digits to
+    cancellation (an O(1) error at ``κ(G) = 1e12`` in float64). TorchJD's ``IMTLG``
+    uses ``α ∝ G⁺ √diag(G)`` everywhere, which differs only on degenerate inputs.
     ``state.weights`` holds ``α``.
 
     Args:
@@ -574,10 +586,13 @@ def _config_weights(gram: jax.Array, use_least_squares: bool) -> jax.Array:
     else:
         beta = jnp.linalg.pinv(cosines, rtol=rtol, hermitian=True) @ target
     # y = Σ β_t u_t solves Ûᵀ y = 1 (min norm); direction = (Σ_t <g_t, ŷ>) ŷ.
-    k_beta = cosines @ beta
+    k_beta = cosines @ beta  # <u_t, y>, the part of the target 1 that y attains
     sq_norm = jnp.dot(beta, k_beta)  # ||y||²
     length = jnp.dot(norms, k_beta)  # Σ_t <g_t, y>
-    ok = sq_norm > _tiny(gram.dtype)
+    # If no y attains any part of 1 (|K β| ~ ε, far below the cut-off √rtol; e.g. g and
+    # -g), the least-squares y is 0: β is rounding noise, and so would be ŷ.
+    attained = jnp.dot(k_beta, k_beta) > rtol * jnp.sum(target)
+    ok = attained & (sq_norm > _tiny(gram.dtype))
     factor = jnp.where(ok, length / jnp.where(ok, sq_norm, 1.0), 0.0)
     return factor * beta * inv_norms
 
@@ -595,7 +610,10 @@ def config(num_tasks: int, *, use_least_squares: bool = True) -> Aggregator:
     the Gramian of the unit vectors, so ``state.weights`` holds ``c`` with
     direction ``Σ_t c_t g_t``. As the official code (and TorchJD), zero gradients
     get a zero unit vector (and weight 0); the official two-task shortcut
-    (``ConFIG_update_double``) is the same direction in exact arithmetic.
+    (``ConFIG_update_double``) is the same direction in exact arithmetic. When
+    ``1`` is orthogonal to every ``(û_tᵀ v)_t`` (to within the cut-off below; e.g.
+    two exactly opposite gradients), ``v = 0`` and the direction is 0, as
+    TorchJD's (the official code normalises rounding noise instead).
     Forming ``K`` squares the condition number of ``Û``, so singular directions
     of ``K`` below ``10 T ε`` relative (of ``Û``: ``√(10 T ε)``, about ``3e-3`` in
     float32 with ``T = 10``) are dropped.
