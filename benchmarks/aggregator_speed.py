@@ -13,15 +13,17 @@ timed in both frameworks, side by side in one process:
   into a dense ``[T, |θ_shared|]`` matrix, the method's weighting (TorchJD's
   solvers run on the CPU), the shared gradient set, ``torch.optim.Adam``.
 
-Model: an MLP trunk of two ReLU layers of 256 (``--quick``: tiny) on synthetic
-64-dim inputs and T linear 10-way classification heads (``mtl_jax.models.HardSharing(MLPTrunk,
-StackedHeads)`` and its torch twin from ``torch_models``), batch 256, Adam(1e-3),
+Model: the seed's ConvNet (``--trunk conv``, the default: ``ConvTrunk`` and
+``torch_models.SharedEncoder``, 32x32x3 images, batch 64) or an MLP trunk of two
+ReLU layers of 256 (``--trunk mlp``, 64-dim inputs, batch 256; ``--quick``: tiny),
+and T linear 10-way classification heads (``HardSharing(..., StackedHeads)`` and
+its torch twin from ``torch_models``), Adam(1e-3),
 both from the same initial weights (so the losses before the first step
 agree). Timing as ``step_speed.time_steps``: ``--warmup`` untimed steps (the
 first one reported; mtl_jax's compilation is reported apart), then the median
 and interquartile range of ``--repeats`` steps, each waited for. On a GPU
 (JAX's default backend, torch on cuda) peak memory is recorded too. Results go
-to ``<out>/aggregator_speed_<backend>.{json,md}``.
+to ``<out>/aggregator_speed_<backend>_<trunk>.{json,md}``.
 
 Threads: torch gets all usable cores (``--threads`` to change), as XLA:CPU and
 OpenBLAS take by default; the thread-related environment variables are recorded
@@ -29,7 +31,7 @@ and prefixed to the recorded command. On a machine shared with other processes,
 torch's OpenMP threads spin-wait and stall (seen: about 1 s per step on 2 busy
 cores); ``OMP_WAIT_POLICY=PASSIVE`` avoids that.
 
-    python benchmarks/aggregator_speed.py [--tasks 2,8,40] [--methods ew pcgrad ...]
+    python benchmarks/aggregator_speed.py [--trunk conv|mlp] [--tasks 2,8,40] [--methods ...]
         [--repeats 10] [--warmup 2] [--quick] [--threads N] [--out benchmarks/results]
 """
 
@@ -56,7 +58,14 @@ import threadpoolctl
 import torch
 import torch_methods
 import torch_models
-from step_speed import Runner, available_cores, machine_info, time_steps, write_report
+from step_speed import (
+    IMAGE_SHAPE,
+    Runner,
+    available_cores,
+    machine_info,
+    time_steps,
+    write_report,
+)
 
 import mtl_jax
 
@@ -71,23 +80,29 @@ THREAD_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """The model and batch: an MLP trunk on ``in_features`` inputs, 10-way heads."""
+    """The model and batch: the seed's ConvNet on 32x32x3 images (``trunk="conv"``), or
+    an MLP trunk of ``widths`` on ``in_features`` inputs; 10-way heads."""
 
     batch: int = 256
     in_features: int = 64
     widths: tuple[int, ...] = (256, 256)
     classes: int = 10
+    trunk: str = "mlp"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return IMAGE_SHAPE if self.trunk == "conv" else (self.in_features,)
 
 
-FULL = Sizes()
+FULL = {"conv": Sizes(batch=64, trunk="conv"), "mlp": Sizes()}
 QUICK = Sizes(batch=8, in_features=8, widths=(16, 16))
 
 
 def synthetic_data(sizes: Sizes, num_tasks: int, seed: int = 0
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian inputs ``[B, in]`` and uniform labels ``[T, B]``."""
+    """Gaussian inputs ``[B, ...]`` (NHWC images for the ConvNet) and labels ``[T, B]``."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((sizes.batch, sizes.in_features), dtype=np.float32)
+    x = rng.standard_normal((sizes.batch, *sizes.input_shape), dtype=np.float32)
     return x, rng.integers(0, sizes.classes, (num_tasks, sizes.batch), dtype=np.int32)
 
 
@@ -96,10 +111,12 @@ def task_names(num_tasks: int) -> tuple[str, ...]:
 
 
 def flax_model(sizes: Sizes, num_tasks: int) -> tuple[Any, mtl_jax.Tasks]:
-    """``HardSharing(MLPTrunk, StackedHeads)`` and its ``T`` classification tasks."""
+    """``HardSharing(ConvTrunk or MLPTrunk, StackedHeads)`` and its ``T`` classification
+    tasks."""
     names = task_names(num_tasks)
-    model = mtl_jax.models.HardSharing(mtl_jax.models.MLPTrunk(sizes.widths),
-                                       mtl_jax.models.StackedHeads(names, sizes.classes))
+    trunk = (mtl_jax.models.ConvTrunk() if sizes.trunk == "conv"
+             else mtl_jax.models.MLPTrunk(sizes.widths))
+    model = mtl_jax.models.HardSharing(trunk, mtl_jax.models.StackedHeads(names, sizes.classes))
     return model, mtl_jax.Tasks([mtl_jax.classification(n, sizes.classes) for n in names])
 
 
@@ -127,15 +144,20 @@ def torch_model(sizes: Sizes, variables: Any, device: torch.device | str
                 ) -> torch_models.MultiTaskModel:
     """The torch twin of :func:`flax_model`, holding the flax ``variables``."""
     kernel = np.asarray(variables["params"]["heads"]["kernel"])
+    encoder = (torch_models.SharedEncoder() if sizes.trunk == "conv"
+               else torch_models.mlp_encoder(sizes.in_features, sizes.widths))
     model = torch_models.MultiTaskModel(
-        torch_models.mlp_encoder(sizes.in_features, sizes.widths),
-        [torch_models.TaskHead(sizes.widths[-1], sizes.classes) for _ in kernel])
-    torch_models.load_flax_params(model, variables, (1, 1, sizes.in_features))
+        encoder, [torch_models.TaskHead(kernel.shape[1], sizes.classes) for _ in kernel])
+    torch_models.load_flax_params(
+        model, variables, IMAGE_SHAPE if sizes.trunk == "conv" else (1, 1, sizes.in_features))
     return model.to(device)
 
 
 def torch_inputs(x: np.ndarray, labels: np.ndarray, device: torch.device | str
                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Inputs (images as NCHW) and int64 labels, on ``device``."""
+    if x.ndim == 4:
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     return (torch.from_numpy(x).to(device),
             [torch.from_numpy(y.astype(np.int64)).to(device) for y in labels])
 
@@ -187,7 +209,7 @@ def torch_runner(method: str, sizes: Sizes, variables: Any, x: np.ndarray,
     return run
 
 
-def measure(method: str, num_tasks: int, sizes: Sizes = FULL, *, repeats: int = 10,
+def measure(method: str, num_tasks: int, sizes: Sizes = FULL["conv"], *, repeats: int = 10,
             warmup: int = 2, torch_device: torch.device | None = None) -> list[dict[str, Any]]:
     """Time ``method`` at ``num_tasks`` tasks: one row for mtl_jax, one for PyTorch.
 
@@ -271,22 +293,37 @@ def _pair(rows: Sequence[dict[str, Any] | None], key: str, fmt: str) -> str:
     return " / ".join(format(r[key], fmt) if _ok(r) and key in r else "—" for r in rows)
 
 
+FULL_JACOBIAN = ("PCGrad", "MGDA", "CAGrad", "Nash-MTL", "UPGrad")
+
+
+def floor(method: str, num_tasks: int) -> float:
+    """The arithmetic floor of a step, in EW steps: one forward and ``T`` backward passes
+    (a backward pass costing about two forwards) for full-Jacobian methods, ``(1 + 2T)/3``;
+    one forward and one backward (one EW step) for rep-grad and loss-based ones."""
+    return (1 + 2 * num_tasks) / 3 if method in FULL_JACOBIAN else 1.0
+
+
 def _table(rows: list[dict[str, Any]], with_memory: bool) -> list[str]:
-    """One Markdown table: a line per method, mtl_jax beside PyTorch."""
+    """One Markdown table: a line per method, mtl_jax beside PyTorch, and mtl_jax's step
+    in EW steps against the arithmetic floor (:func:`floor`)."""
     header = ("| method | mtl_jax ms/step | PyTorch ms/step | PyTorch / mtl_jax | "
+              "mtl_jax in EW steps (floor) | "
               "mtl_jax compile s | first step s (mtl_jax / PyTorch) | loss at step 1 |")
-    rule = "|---|---|---|---|---|---|---|"
+    rule = "|---|---|---|---|---|---|---|---|"
     if with_memory:
         header, rule = header + " peak MiB (mtl_jax / PyTorch) |", rule + "---|"
     lines = [header, rule]
     by_method: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         by_method.setdefault(row["method"], {})[row["framework"]] = row
+    ew = by_method.get("EW", {}).get("mtl_jax")
     for method, pair in by_method.items():
         ours, theirs = pair.get("mtl_jax"), pair.get("PyTorch")
         ratio = (f"{theirs['median_ms'] / ours['median_ms']:.2f}×"
                  if _ok(ours) and _ok(theirs) else "—")
-        line = (f"| {method} | {_ms(ours)} | {_ms(theirs)} | {ratio} | "
+        in_ew = (f"{ours['median_ms'] / ew['median_ms']:.2f} "
+                 f"({floor(method, ours['tasks']):.2f})" if _ok(ours) and _ok(ew) else "—")
+        line = (f"| {method} | {_ms(ours)} | {_ms(theirs)} | {ratio} | {in_ew} | "
                 f"{_pair([ours], 'compile_s', '.1f')} | "
                 f"{_pair([ours, theirs], 'first_step_s', '.2f')} | "
                 f"{_pair([ours, theirs], 'loss_at_step_1', '.4f')} |")
@@ -311,10 +348,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"BLAS and OpenMP pools loaded {threads['blas_openmp']}; environment: "
         + ", ".join(f"{k}={v}" for k, v in m["env"].items()),
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
-        f"- Model: MLP trunk {'-'.join(map(str, sizes['widths']))} (ReLU) on "
-        f"{sizes['in_features']}-dim Gaussian inputs, T linear {sizes['classes']}-way heads, "
-        f"batch {sizes['batch']}, cross-entropies, Adam(1e-3); both frameworks start from the "
-        "same weights (the loss at step 1, Σ_t L_t, agrees).",
+        "- Model: " + (
+            "the seed's ConvNet (conv32-pool-conv64-pool-dense256) on 32x32x3 Gaussian images"
+            if sizes["trunk"] == "conv" else
+            f"MLP trunk {'-'.join(map(str, sizes['widths']))} (ReLU) on "
+            f"{sizes['in_features']}-dim Gaussian inputs")
+        + f", T linear {sizes['classes']}-way heads, batch {sizes['batch']}, cross-entropies, "
+        "Adam(1e-3); both frameworks start from the same weights (the loss at step 1, "
+        "Σ_t L_t, agrees).",
+        "- mtl_jax in EW steps: its step time over its EW step time, beside the arithmetic "
+        "floor: (1 + 2T)/3 for full-Jacobian methods (one forward, T backward passes), 1 for "
+        "rep-grad (MGDA-UB) and loss-based (FAMO) ones.",
         f"- Timing: {cfg['repeats']} timed steps after {cfg['warmup']} untimed ones; median "
         "± interquartile range (Q3 - Q1) in ms. PyTorch / mtl_jax above 1: mtl_jax is faster. "
         "mtl_jax compiles ahead of time (compile s, not in its first step).",
@@ -361,6 +405,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=list(METHODS))
     parser.add_argument("--repeats", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
+    parser.add_argument("--trunk", choices=tuple(FULL), default="conv",
+                        help="the seed's ConvNet (batch 64) or an MLP 256-256 (batch 256)")
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny model and batch ({QUICK}), for tests")
     parser.add_argument("--threads", type=int, default=None,
@@ -380,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message="You are solving a parameterized problem that "
                             "is not DPP")  # TorchJD's Nash-MTL, at every call; noted in the page
     torch.set_num_threads(args.threads or available_cores())
-    sizes = QUICK if args.quick else FULL
+    sizes = QUICK if args.quick else FULL[args.trunk]
     torch_device = default_torch_device()
     report = {
         "backend": jax.default_backend(),
@@ -398,7 +444,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                warmup=args.warmup, torch_device=torch_device):
                 print(describe(row), flush=True)
                 report["rows"].append(row)
-    write_report(report, markdown(report), args.out / f"aggregator_speed_{report['backend']}")
+    suffix = "quick" if args.quick else args.trunk
+    write_report(report, markdown(report),
+                 args.out / f"aggregator_speed_{report['backend']}_{suffix}")
     return report
 
 

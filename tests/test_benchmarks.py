@@ -229,7 +229,7 @@ def test_aggregator_speed_smoke(tmp_path):
     report = aggregator_speed.main(["--quick", "--tasks", "2,8", "--methods", "ew",
                                     "--repeats", "2", "--warmup", "1", "--threads", "1",
                                     "--out", str(tmp_path)])
-    saved = json.loads((tmp_path / "aggregator_speed_cpu.json").read_text())
+    saved = json.loads((tmp_path / "aggregator_speed_cpu_quick.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(report["rows"]))
     rows = {(r["tasks"], r["method"], r["framework"]): r for r in saved["rows"]}
     assert set(rows) == {(t, "EW", f) for t in (2, 8) for f in aggregator_speed.FRAMEWORKS}
@@ -239,6 +239,18 @@ def test_aggregator_speed_smoke(tmp_path):
                                    rows[t, m, "mtl_jax"]["loss_at_step_1"], rtol=1e-5)
     assert saved["config"]["sizes"]["batch"] == aggregator_speed.QUICK.batch
     assert saved["machine"]["threads"]["torch"] == 1
-    page = (tmp_path / "aggregator_speed_cpu.md").read_text()
+    page = (tmp_path / "aggregator_speed_cpu_quick.md").read_text()
     assert "## T = 2 tasks" in page and "## T = 8 tasks" in page
     assert "| EW |" in page and "--tasks 2,8" in page
+
+
+@needs_torchjd
+def test_aggregator_speed_on_the_seed_convnet_starts_both_frameworks_alike():
+    """The ConvNet path (NHWC in JAX, NCHW in torch, the same weights): equal first losses."""
+    sizes = aggregator_speed.Sizes(batch=4, trunk="conv")
+    rows = aggregator_speed.measure("mgda_ub", 3, sizes, repeats=1, warmup=1,
+                                    torch_device=torch.device("cpu"))
+    assert [r["framework"] for r in rows] == list(aggregator_speed.FRAMEWORKS)
+    assert all("error" not in r for r in rows), rows
+    np.testing.assert_allclose(rows[1]["loss_at_step_1"], rows[0]["loss_at_step_1"], rtol=1e-5)
+    assert aggregator_speed.floor("MGDA", 40) == 27.0 and aggregator_speed.floor("FAMO", 40) == 1
