@@ -4,10 +4,15 @@
   NeurIPS 2021), Nash-MTL (Navon et al., ICML 2022) and FAMO (Liu et al., NeurIPS
   2023): every aggregator from the same start points, trajectories against the
   Pareto front.
+* :mod:`~mtl_jax.reproduce.mmoe`: the synthetic task-correlation benchmark of MMoE
+  (Ma et al., KDD 2018): Shared-Bottom, one-gate MoE, MMoE and other architectures
+  at task correlations p, each model's runs at every p as one vmapped program.
 """
 
 BENCHMARKS: dict[str, str] = {
     "toy": "two-task toy of CAGrad / Nash-MTL / FAMO: trajectories of every method against "
            "the Pareto front",
+    "mmoe": "synthetic two-task regression of MMoE (Ma et al. 2018) with task correlation p: "
+            "Shared-Bottom, OMoE, MMoE, CGC/PLE, cross-stitch, soft sharing",
 }
 """Benchmark name → one-line summary (the CLI's ``reproduce`` subcommands)."""
