@@ -1,15 +1,25 @@
-"""Figures of a run: per-task training losses and test metrics over steps."""
+"""Figures of a run: per-task training losses and test metrics over steps; compact PNGs."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import defaultdict
 
 import matplotlib.pyplot as plt
 import numpy as np
+from PIL import Image
 
-from mtl_jax.tasks import Tasks  # noqa: E402
+from mtl_jax.tasks import Tasks
+
+
+def save_png(fig: plt.Figure, path: str | os.PathLike, dpi: int = 72) -> None:
+    """Save ``fig`` as a 256-colour PNG (a third of the size, the same to the eye), close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    Image.open(buffer).convert("RGB").quantize(256).save(path, optimize=True)
 
 
 def _series(records, split: str, value):

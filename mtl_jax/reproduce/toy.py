@@ -61,7 +61,6 @@ reached.
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import os
 import time
@@ -74,10 +73,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 from jax import lax
-from PIL import Image
 
 from mtl_jax.aggregators import registry
 from mtl_jax.aggregators.base import Aggregator
+from mtl_jax.plots import save_png
 
 FLOOR = 5e-6
 """Lower clamp of the log's argument (``LOWER`` in the papers' code)."""
@@ -356,14 +355,6 @@ def assess(losses: np.ndarray, front: Front, tol: float = TOL) -> tuple[np.ndarr
 _COLORS = plt.get_cmap("tab10").colors
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
-    """Save ``fig`` as a 256-colour PNG (a third of the size, the same to the eye)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=72)
-    plt.close(fig)
-    Image.open(buffer).convert("RGB").quantize(256).save(path, optimize=True)
-
-
 def _grid_axes(count: int) -> tuple[plt.Figure, np.ndarray]:
     cols = min(count, 5)
     rows = -(-count // cols)
@@ -412,7 +403,7 @@ def plot_params(runs: Mapping[str, Trajectories], reached: Mapping[str, np.ndarr
                  f"(L1 × {setting.scale:g}, {setting.steps:,} Adam steps)")
     _legend(fig, setting.starts, "Pareto set")
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_losses(runs: Mapping[str, Trajectories], reached: Mapping[str, np.ndarray],
@@ -428,7 +419,7 @@ def plot_losses(runs: Mapping[str, Trajectories], reached: Mapping[str, np.ndarr
     fig.suptitle(f"toy: trajectories in loss space ({setting.steps:,} Adam steps)")
     _legend(fig, setting.starts, "Pareto front")
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- benchmark
