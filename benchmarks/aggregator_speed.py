@@ -62,8 +62,10 @@ from step_speed import (
     IMAGE_SHAPE,
     Runner,
     available_cores,
+    jax_step_runner,
     machine_info,
     time_steps,
+    torch_step_runner,
     write_report,
 )
 
@@ -121,14 +123,15 @@ def flax_model(sizes: Sizes, num_tasks: int) -> tuple[Any, mtl_jax.Tasks]:
 
 
 def jax_setup(method: str, sizes: Sizes, x: np.ndarray, labels: np.ndarray,
-              optimizer: optax.GradientTransformation, **knobs: Any) -> tuple[Any, Any, Any]:
+              optimizer: optax.GradientTransformation, *, device: jax.Device | None = None,
+              **knobs: Any) -> tuple[Any, Any, Any]:
     """The jitted (not yet compiled) mtl_jax step for ``method`` (with the method's
-    ``knobs``, default none), its state and the batch, on JAX's default device. The
-    step donates the state."""
+    ``knobs``, default none), its state and the batch, on ``device`` (default: JAX's
+    first device). The step donates the state."""
     num_tasks = len(labels)
     model, tasks = flax_model(sizes, num_tasks)
     aggregator, wrt = mtl_jax.aggregators.get(method, num_tasks, **knobs)
-    device = jax.devices()[0]
+    device = device or jax.devices()[0]
     batch = jax.device_put({"x": x, "y": dict(zip(task_names(num_tasks), labels))}, device)
     with jax.disable_jit():  # op by op: compiling the initialisation costs seconds
         state = mtl_jax.init_state(model, tasks, jax.random.key(0), batch, optimizer,
@@ -162,25 +165,18 @@ def torch_inputs(x: np.ndarray, labels: np.ndarray, device: torch.device | str
             [torch.from_numpy(y.astype(np.int64)).to(device) for y in labels])
 
 
-def jax_runner(method: str, sizes: Sizes, x: np.ndarray, labels: np.ndarray
-               ) -> tuple[Runner, Any, dict[str, Any]]:
-    """The compiled mtl_jax step with Adam(1e-3), the initial variables (NumPy), and
-    compilation facts: seconds, and on a GPU XLA's memory estimate."""
-    step, state, batch = jax_setup(method, sizes, x, labels, optax.adam(1e-3))
+def jax_runner(method: str, sizes: Sizes, x: np.ndarray, labels: np.ndarray,
+               device: jax.Device | None = None) -> tuple[Runner, Any, dict[str, Any]]:
+    """The compiled mtl_jax step with Adam(1e-3) on ``device``, the initial variables
+    (NumPy), and compilation facts: seconds, and on a GPU XLA's memory estimate."""
+    step, state, batch = jax_setup(method, sizes, x, labels, optax.adam(1e-3), device=device)
     variables = jax.device_get(state.params)  # a copy: the step donates the state
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     facts: dict[str, Any] = {"compile_s": time.perf_counter() - start}
-    if jax.default_backend() == "gpu":
+    if batch["x"].device.platform == "gpu":
         facts["peak_mib"] = xla_peak_bytes(compiled) / 2**20
-
-    def run() -> jax.Array:
-        nonlocal state
-        state, logs = compiled(state, batch)
-        jax.block_until_ready((state, logs))
-        return logs["loss"]
-
-    return run, variables, facts
+    return jax_step_runner(compiled, state, batch), variables, facts
 
 
 def xla_peak_bytes(compiled: Any) -> int:
@@ -198,29 +194,23 @@ def torch_runner(method: str, sizes: Sizes, variables: Any, x: np.ndarray,
     model = torch_model(sizes, variables, device)
     step = torch_methods.make_step(method, model, torch.optim.Adam(model.parameters(), lr=1e-3),
                                    len(labels))
-    x_t, ys = torch_inputs(x, labels, device)
-
-    def run() -> torch.Tensor:
-        loss = step(x_t, ys)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return loss
-
-    return run
+    return torch_step_runner(step, *torch_inputs(x, labels, device), device)
 
 
 def measure(method: str, num_tasks: int, sizes: Sizes = FULL["conv"], *, repeats: int = 10,
-            warmup: int = 2, torch_device: torch.device | None = None) -> list[dict[str, Any]]:
+            warmup: int = 2, torch_device: torch.device | None = None,
+            jax_device: jax.Device | None = None) -> list[dict[str, Any]]:
     """Time ``method`` at ``num_tasks`` tasks: one row for mtl_jax, one for PyTorch.
 
     Rows hold ``method``, ``tasks``, ``framework`` and :func:`step_speed.time_steps`'s
     fields (``median_ms``, ``iqr_ms``, ``times_ms``, ``first_step_s``,
     ``loss_at_step_1``), mtl_jax's ``compile_s``, on a GPU ``peak_mib``; or ``error``.
+    The devices default to torch's GPU if it has one and JAX's first device.
     """
     torch_device = torch_device or default_torch_device()
     x, labels = synthetic_data(sizes, num_tasks)
     common = {"method": METHODS[method], "tasks": num_tasks}
-    run, variables, facts = jax_runner(method, sizes, x, labels)
+    run, variables, facts = jax_runner(method, sizes, x, labels, jax_device)
     rows = [{**common, "framework": "mtl_jax", **facts, **time_steps(run, warmup, repeats)}]
     del run
     gc.collect()
@@ -267,9 +257,9 @@ def _package(path: str) -> str:
     return top.removesuffix(".libs")
 
 
-def machine(torch_device: torch.device) -> dict[str, Any]:
+def machine(devices: tuple[jax.Device, torch.device]) -> dict[str, Any]:
     """``step_speed.machine_info`` plus nproc, BLAS threads, solver versions, thread env."""
-    info = machine_info((jax.devices()[0], torch_device))
+    info = machine_info(devices)
     info["nproc"] = os.cpu_count()
     info["threads"]["blas_openmp"] = blas_threads()
     info["env"] = {k: os.environ.get(k, "unset") for k in THREAD_ENV}
@@ -278,19 +268,21 @@ def machine(torch_device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _ok(row: dict[str, Any] | None) -> bool:
+def succeeded(row: dict[str, Any] | None) -> bool:
+    """Whether ``row`` exists and holds a measurement, not an ``error``."""
     return row is not None and "error" not in row
 
 
-def _ms(row: dict[str, Any] | None) -> str:
+def ms_cell(row: dict[str, Any] | None) -> str:
+    """``median ± IQR`` in ms; "failed" or "—" (no row)."""
     if row is None:
         return "—"
-    return f"{row['median_ms']:.2f} ± {row['iqr_ms']:.2f}" if _ok(row) else "failed"
+    return f"{row['median_ms']:.2f} ± {row['iqr_ms']:.2f}" if succeeded(row) else "failed"
 
 
-def _pair(rows: Sequence[dict[str, Any] | None], key: str, fmt: str) -> str:
+def pair_cell(rows: Sequence[dict[str, Any] | None], key: str, fmt: str) -> str:
     """``key`` of each row, formatted, joined by " / " ("—" where missing)."""
-    return " / ".join(format(r[key], fmt) if _ok(r) and key in r else "—" for r in rows)
+    return " / ".join(format(r[key], fmt) if succeeded(r) and key in r else "—" for r in rows)
 
 
 FULL_JACOBIAN = ("PCGrad", "MGDA", "CAGrad", "Nash-MTL", "UPGrad")
@@ -303,7 +295,7 @@ def floor(method: str, num_tasks: int) -> float:
     return (1 + 2 * num_tasks) / 3 if method in FULL_JACOBIAN else 1.0
 
 
-def _table(rows: list[dict[str, Any]], with_memory: bool) -> list[str]:
+def table(rows: list[dict[str, Any]], with_memory: bool) -> list[str]:
     """One Markdown table: a line per method, mtl_jax beside PyTorch, and mtl_jax's step
     in EW steps against the arithmetic floor (:func:`floor`)."""
     header = ("| method | mtl_jax ms/step | PyTorch ms/step | PyTorch / mtl_jax | "
@@ -320,15 +312,16 @@ def _table(rows: list[dict[str, Any]], with_memory: bool) -> list[str]:
     for method, pair in by_method.items():
         ours, theirs = pair.get("mtl_jax"), pair.get("PyTorch")
         ratio = (f"{theirs['median_ms'] / ours['median_ms']:.2f}×"
-                 if _ok(ours) and _ok(theirs) else "—")
+                 if succeeded(ours) and succeeded(theirs) else "—")
         in_ew = (f"{ours['median_ms'] / ew['median_ms']:.2f} "
-                 f"({floor(method, ours['tasks']):.2f})" if _ok(ours) and _ok(ew) else "—")
-        line = (f"| {method} | {_ms(ours)} | {_ms(theirs)} | {ratio} | {in_ew} | "
-                f"{_pair([ours], 'compile_s', '.1f')} | "
-                f"{_pair([ours, theirs], 'first_step_s', '.2f')} | "
-                f"{_pair([ours, theirs], 'loss_at_step_1', '.4f')} |")
+                 f"({floor(method, ours['tasks']):.2f})"
+                 if succeeded(ours) and succeeded(ew) else "—")
+        line = (f"| {method} | {ms_cell(ours)} | {ms_cell(theirs)} | {ratio} | {in_ew} | "
+                f"{pair_cell([ours], 'compile_s', '.1f')} | "
+                f"{pair_cell([ours, theirs], 'first_step_s', '.2f')} | "
+                f"{pair_cell([ours, theirs], 'loss_at_step_1', '.4f')} |")
         if with_memory:
-            line += f" {_pair([ours, theirs], 'peak_mib', '.0f')} |"
+            line += f" {pair_cell([ours, theirs], 'peak_mib', '.0f')} |"
         lines.append(line)
     return lines
 
@@ -381,7 +374,7 @@ def markdown(report: dict[str, Any]) -> str:
         rows = [r for r in report["rows"] if r["tasks"] == num_tasks]
         if rows:
             lines += ["", f"## T = {num_tasks} tasks", "",
-                      *_table(rows, with_memory=report["backend"] == "gpu")]
+                      *table(rows, with_memory=report["backend"] == "gpu")]
     if errors:
         lines += ["", "Failures:", "", *errors]
     return "\n".join(lines) + "\n"
@@ -435,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": {"tasks": args.tasks, "methods": args.methods, "repeats": args.repeats,
                    "warmup": args.warmup, "sizes": dataclasses.asdict(sizes)},
-        "machine": machine(torch_device),
+        "machine": machine((jax.devices()[0], torch_device)),
         "rows": [],
     }
     for num_tasks in args.tasks:

@@ -72,6 +72,32 @@ TRUNKS = (
 Runner = Callable[[], Any]  # one step, waited for; returns the loss before the update
 
 
+def jax_step_runner(step: Callable, state: Any, batch: Any) -> Runner:
+    """Calls of ``step(state, batch) -> (state, logs)``, each on the state the previous
+    one returned (which a donating step needs), waited for; returns ``logs["loss"]``."""
+
+    def run() -> jax.Array:
+        nonlocal state
+        state, logs = step(state, batch)
+        jax.block_until_ready((state, logs))
+        return logs["loss"]
+
+    return run
+
+
+def torch_step_runner(step: Callable[..., torch.Tensor], x: torch.Tensor,
+                      labels: Sequence[torch.Tensor], device: torch.device) -> Runner:
+    """Calls of a torch ``step(x, labels) -> loss``, waited for on a GPU."""
+
+    def run() -> torch.Tensor:
+        loss = step(x, labels)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return loss
+
+    return run
+
+
 def jax_runner(trunk: Trunk, x: np.ndarray, labels: np.ndarray,
                device: jax.Device) -> tuple[Runner, Any]:
     """The mtl_jax step, and the initial variables as NumPy arrays."""
@@ -87,14 +113,7 @@ def jax_runner(trunk: Trunk, x: np.ndarray, labels: np.ndarray,
     # device; jit compiles once per kind, so commit the state now: one compilation.
     state = jax.device_put(state, device)
     step = jax.jit(mtl_jax.make_train_step(model, tasks, optax.adam(1e-3)), donate_argnums=0)
-
-    def run() -> jax.Array:
-        nonlocal state
-        state, logs = step(state, batch)
-        jax.block_until_ready((state, logs))
-        return logs["loss"]
-
-    return run, variables
+    return jax_step_runner(step, state, batch), variables
 
 
 def torch_runner(trunk: Trunk, variables: Any, x: np.ndarray, labels: np.ndarray,
@@ -112,18 +131,16 @@ def torch_runner(trunk: Trunk, variables: Any, x: np.ndarray, labels: np.ndarray
     step = torch_models.make_train_step(model, optimizer, loss_fn)
     x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
     ys = [torch.from_numpy(y.astype(np.int64)).to(device) for y in labels]
-
-    def run() -> torch.Tensor:
-        loss = step(x_nchw, ys)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return loss
-
-    return run
+    return torch_step_runner(step, x_nchw, ys, device)
 
 
 def time_steps(run: Runner, warmup: int, repeats: int) -> dict[str, Any]:
-    """Time the first step, run the rest of the warm-up, then time ``repeats`` steps."""
+    """Time the first step, run the rest of the warm-up, then time ``repeats`` steps.
+
+    ``run`` returns the loss before its update (reported as ``loss_at_step_1``; the
+    mean of an ensemble's per-member losses), or None where there is no loss (a bare
+    matrix product, say).
+    """
     start = time.perf_counter()
     loss = run()
     first_step_s = time.perf_counter() - start
@@ -135,31 +152,33 @@ def time_steps(run: Runner, warmup: int, repeats: int) -> dict[str, Any]:
         run()
         times.append(time.perf_counter() - start)
     q1, median, q3 = np.percentile(np.asarray(times) * 1e3, [25, 50, 75])
-    return {"median_ms": float(median), "iqr_ms": float(q3 - q1),
-            "times_ms": [t * 1e3 for t in times], "first_step_s": first_step_s,
-            "loss_at_step_1": float(loss)}
+    row = {"median_ms": float(median), "iqr_ms": float(q3 - q1),
+           "times_ms": [t * 1e3 for t in times], "first_step_s": first_step_s}
+    return row if loss is None else row | {"loss_at_step_1": float(loss.mean())}
 
 
-def measure(trunk: Trunk, args: argparse.Namespace, devices: tuple[jax.Device, torch.device]
-            ) -> list[dict[str, Any]]:
-    """One row per framework in ``args.frameworks`` for ``trunk``."""
+def measure(trunk: Trunk, devices: tuple[jax.Device, torch.device], *, tasks: int = 8,
+            batch: int = 256, frameworks: Sequence[str] = tuple(FRAMEWORKS), warmup: int = 3,
+            repeats: int = 10) -> list[dict[str, Any]]:
+    """One row per framework (keys of :data:`FRAMEWORKS`) for ``trunk``, ``tasks`` tasks and
+    ``batch`` examples: ``model``, ``framework`` and :func:`time_steps`'s fields, or ``error``."""
     jax_device, torch_device = devices
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch, *IMAGE_SHAPE), dtype=np.float32)
-    labels = rng.integers(0, NUM_CLASSES, (args.tasks, args.batch), dtype=np.int32)
+    x = rng.standard_normal((batch, *IMAGE_SHAPE), dtype=np.float32)
+    labels = rng.integers(0, NUM_CLASSES, (tasks, batch), dtype=np.int32)
     run_jax, variables = jax_runner(trunk, x, labels, jax_device)
     rows = []
-    for framework in args.frameworks:
+    for framework in frameworks:
         row: dict[str, Any] = {"model": trunk.name, "framework": FRAMEWORKS[framework]}
         if framework == "mtl_jax":
-            row |= time_steps(run_jax, args.warmup, args.repeats)
+            row |= time_steps(run_jax, warmup, repeats)
         elif framework == "eager":
             run = torch_runner(trunk, variables, x, labels, torch_device, compile_loss=False)
-            row |= time_steps(run, args.warmup, args.repeats)
+            row |= time_steps(run, warmup, repeats)
         else:
             try:  # torch.compile compiles on the first call, inside time_steps
                 run = torch_runner(trunk, variables, x, labels, torch_device, compile_loss=True)
-                row |= time_steps(run, args.warmup, args.repeats)
+                row |= time_steps(run, warmup, repeats)
             except Exception as error:  # noqa: BLE001 - any failure is a result to report
                 row["error"] = f"{type(error).__name__}: {error}"[:2000]
         print(_describe(row), flush=True)
@@ -248,13 +267,20 @@ def markdown(report: dict[str, Any]) -> str:
         "Inputs: NHWC for mtl_jax, NCHW for PyTorch; all start from the same weights.",
         "- Speed-up: the PyTorch variant's median over mtl_jax's (above 1: mtl_jax is "
         "faster). First step: wall time of the first step, compilation included.", "",
-        "| model | framework | median ms/step | IQR ms | mtl_jax speed-up | first step s "
-        "| loss at step 1 |",
-        "|---|---|---|---|---|---|---|",
+        *table(report["rows"]),
     ]
-    ours = {r["model"]: r for r in report["rows"] if r["framework"] == FRAMEWORKS["mtl_jax"]}
+    return "\n".join(lines) + "\n"
+
+
+def table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """:func:`measure`'s rows as a Markdown table (speed-ups over mtl_jax's row of the same
+    model), followed by the failures."""
+    lines = ["| model | framework | median ms/step | IQR ms | mtl_jax speed-up | first step s "
+             "| loss at step 1 |",
+             "|---|---|---|---|---|---|---|"]
+    ours = {r["model"]: r for r in rows if r["framework"] == FRAMEWORKS["mtl_jax"]}
     errors = []
-    for row in report["rows"]:
+    for row in rows:
         if "error" in row:
             errors.append(f"- {row['model']}, {row['framework']}: `{row['error']}`")
             lines.append(f"| {row['model']} | {row['framework']} | failed (below) | | | | |")
@@ -267,7 +293,7 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{row['loss_at_step_1']:.4f} |")
     if errors:
         lines += ["", "Failures:", "", *errors]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -303,7 +329,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "config": {k: str(v) if isinstance(v, pathlib.Path) else v
                    for k, v in vars(args).items()},
         "machine": machine_info(devices),
-        "rows": [row for trunk in TRUNKS for row in measure(trunk, args, devices)],
+        "rows": [row for trunk in TRUNKS
+                 for row in measure(trunk, devices, tasks=args.tasks, batch=args.batch,
+                                    frameworks=args.frameworks, warmup=args.warmup,
+                                    repeats=args.repeats)],
     }
     write_report(report, markdown(report), args.out_dir / f"step_speed_{report['backend']}")
     return report

@@ -12,7 +12,7 @@ from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CheckpointError
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
 from mtl_jax.loop import NonFiniteLossError
-from mtl_jax.reproduce import BENCHMARKS, mmoe, toy
+from mtl_jax.reproduce import BENCHMARKS, mmoe, multifashion, toy
 
 CATALOGUE = {
     "archs": {name: arch.summary for name, arch in ARCHS.items()},
@@ -24,10 +24,16 @@ CATALOGUE = {
                   "trace-tt": "sum of nuclear norms of the tensor-train unfoldings"},
     "datasets": {"multidigits": "pairs of scikit-learn's 8x8 digits, MultiMNIST-style; "
                                 "tasks left/right",
-                 "synthetic": "seeded 32x32x3 images with 4 related 10-way tasks"},
+                 "synthetic": "seeded 32x32x3 images with 4 related 10-way tasks",
+                 "multifashion": "pairs of Fashion-MNIST items overlaid MultiMNIST-style "
+                                 "(Sener & Koltun 2018); tasks left/right; --data-dir",
+                 "multimnist": "pairs of MNIST digits overlaid MultiMNIST-style; tasks "
+                               "left/right; needs --data-dir"},
     "methods": {name: method.summary for name, method in registry.METHODS.items()},
     "trunks": {"conv": "the seed's ConvNet (SharedEncoder): conv32-pool-conv64-pool-dense256",
-               "mlp": "two dense layers of 256"},
+               "mlp": "two dense layers of 256",
+               "lenet": "Sener & Koltun's MultiLeNet: conv10-pool-conv20-pool-dense50; "
+                        "with --arch hard, their heads dense50-dense10"},
 }
 
 
@@ -70,11 +76,16 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = train.add_argument
     add("--dataset", default=defaults.dataset, choices=sorted(DATASETS), help="built-in data")
+    add("--data-dir", default=None,
+        help="directory of the IDX files of multifashion (default: "
+        "/usr/share/datasets/fashion-mnist, from apt-get install dataset-fashion-mnist) or "
+        "multimnist (required)")
     add("--arch", default=defaults.arch, choices=list(ARCHS),
         help="multi-task architecture (see: mtl-jax list archs)")
     add("--trunk", default=defaults.trunk, choices=sorted(TRUNKS), help="trunk / tower body")
     add("--penalty", default=defaults.penalty, choices=list(PENALTIES),
-        help="soft-sharing penalty (needs --arch soft)")
+        help="soft-sharing penalty on the per-task parameters: whole towers of --arch soft, "
+             "the heads, towers, columns or attention modules of the others")
     add("--penalty-weight", type=float, default=defaults.penalty_weight,
         help="weight of the penalty in the loss")
     add("--method", default=defaults.method, choices=sorted(registry.METHODS),
@@ -134,6 +145,7 @@ def _add_reproduce(commands) -> None:
     add("--out", default=None,
         help="output directory (default: runs/toy-<date-time>); a non-empty one is refused")
     _add_mmoe(benchmarks)
+    _add_multifashion(benchmarks)
 
 
 def _add_mmoe(benchmarks) -> None:
@@ -183,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "reproduce":
         return _reproduce(args)
-    config = Config(dataset=args.dataset, arch=args.arch, trunk=args.trunk, penalty=args.penalty,
+    config = Config(dataset=args.dataset, data_dir=args.data_dir, arch=args.arch,
+                    trunk=args.trunk, penalty=args.penalty,
                     penalty_weight=args.penalty_weight, method=args.method,
                     loss_weights=args.loss_weights,
                     learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
@@ -211,6 +224,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         if args.benchmark == "mmoe":
             return _reproduce_mmoe(args, out)
+        if args.benchmark == "multifashion":
+            return _reproduce_multifashion(args, out)
         toy.check_methods(args.methods or ())
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be a positive number of steps, got {args.steps}")
@@ -242,6 +257,56 @@ def _reproduce_mmoe(args: argparse.Namespace, out: str) -> int:
     print(f"\n{mmoe.table(summary)}\n\ntotal {summary['total_s']:.0f} s")
     print(f"wrote {out}/: mmoe.json, mmoe.md, mmoe_curves.png"
           + (", mmoe_sweep.png" if args.sweep else ""))
+    return 0
+
+
+def _add_multifashion(benchmarks) -> None:
+    full, reduced = multifashion.SETUPS["full"], multifashion.SETUPS["reduced"]
+    parser = benchmarks.add_parser(
+        "multifashion", help=BENCHMARKS["multifashion"],
+        description="MultiFashion (Sener & Koltun's MultiMNIST recipe, NeurIPS 2018, on "
+        "Fashion-MNIST) with their MultiLeNet: the single-task baselines and every method, "
+        "each method's seeds one compiled ensemble (mtl-jax train's program). Writes "
+        "multifashion.json, multifashion.md and multifashion.png (left vs right test "
+        "accuracy per seed) to --out and prints the table. Default: the papers' scale "
+        f"({full.num_train:,} / {full.num_test:,} pairs, {full.steps:,} steps of "
+        f"{full.batch_size}, meant for a GPU); --reduced: {reduced.steps} steps of "
+        f"{reduced.batch_size} (under 15 minutes on a 2-core CPU). Reads "
+        "/usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist) or "
+        "--data-dir.")
+    add = parser.add_argument
+    add("--reduced", action="store_true",
+        help="the CPU setting's defaults for --steps and --batch-size")
+    add("--methods", type=_names, default=None,
+        help="comma-separated methods (default: " + ",".join(multifashion.METHODS)
+        + "); ew always runs, it carries the single-task baselines")
+    add("--seeds", type=int, default=None,
+        help=f"initialisations per method (default {full.seeds})")
+    add("--steps", type=int, default=None, help="Adam steps (default: the setting's)")
+    add("--batch-size", type=int, default=None, help="pairs per step (default: the setting's)")
+    add("--lr", type=float, default=None,
+        help=f"Adam learning rate (default {full.learning_rate:g})")
+    add("--train-pairs", type=int, default=None,
+        help=f"training pairs (default {full.num_train:,})")
+    add("--test-pairs", type=int, default=None, help=f"test pairs (default {full.num_test:,})")
+    add("--seed", type=int, default=None, help="seeds the pairs, batches and initialisations")
+    add("--data-dir", default=None,
+        help="directory of Fashion-MNIST's four IDX files (default: the Debian package's)")
+    add("--out", default=None,
+        help="output directory (default: runs/multifashion-<date-time>); a non-empty one is "
+        "refused")
+
+
+def _reproduce_multifashion(args: argparse.Namespace, out: str) -> int:
+    setup = multifashion.SETUPS["reduced" if args.reduced else "full"]
+    flags = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
+             "num_train": args.train_pairs, "num_test": args.test_pairs, "seeds": args.seeds,
+             "seed": args.seed}
+    setup = setup._replace(**{k: v for k, v in flags.items() if v is not None})
+    summary = multifashion.benchmark(args.methods, setup=setup, data_dir=args.data_dir, out=out,
+                                     log=lambda line: print(line, flush=True))
+    print(f"\n{multifashion.table(summary)}\n\ntotal {summary['total_s']:.0f} s")
+    print(f"wrote {out}/: multifashion.json, multifashion.md, multifashion.png")
     return 0
 
 

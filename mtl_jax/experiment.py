@@ -24,7 +24,7 @@ import optax
 from mtl_jax import ensemble, metrics, penalties
 from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CONFIG_FILE, Checkpointer, CheckpointError, check_writable
-from mtl_jax.data import Dataset, multidigits, synthetic_images
+from mtl_jax.data import Dataset, idx, multidigits, multifashion, multimnist, synthetic_images
 from mtl_jax.loop import evaluate, fit
 from mtl_jax.models import (
     CGC,
@@ -36,6 +36,8 @@ from mtl_jax.models import (
     HardSharing,
     MLPTrunk,
     MMoE,
+    MultiLeNet,
+    MultiLeNetHeads,
     SoftSharing,
     StackedHeads,
 )
@@ -43,10 +45,25 @@ from mtl_jax.plots import plot_curves
 from mtl_jax.tasks import Tasks, classification
 from mtl_jax.train import make_eval_step, make_train_step
 
-DATASETS: dict[str, Callable[[int], tuple[Dataset, Dataset]]] = {
-    "multidigits": lambda seed: multidigits(seed=seed),
-    "synthetic": lambda seed: _split(synthetic_images(4, num_examples=5120, seed=seed), 1024),
+DATASETS: dict[str, Callable[[Config], tuple[Dataset, Dataset]]] = {
+    "multidigits": lambda c: multidigits(**_sizes(c), seed=c.seed),
+    "synthetic": lambda c: _split(synthetic_images(
+        4, num_examples=(c.num_train or 4096) + (c.num_test or 1024), seed=c.seed),
+        c.num_test or 1024),
+    "multifashion": lambda c: multifashion(data_dir=c.data_dir, **_sizes(c), seed=c.seed),
+    "multimnist": lambda c: multimnist(data_dir=c.data_dir, **_sizes(c), seed=c.seed),
 }
+"""Dataset name → ``(train, test)`` of a :class:`Config` (its seed, sizes and data_dir)."""
+
+IDX_DATASETS: dict[str, str] = {"multifashion": "fashion-mnist", "multimnist": "mnist"}
+"""The datasets read from IDX files on disk (``data_dir``) → their :mod:`mtl_jax.data.idx` name."""
+
+
+def _sizes(config: Config) -> dict[str, int]:
+    """The ``num_train`` / ``num_test`` set in ``config`` (unset: the dataset's default)."""
+    return {name: getattr(config, name) for name in ("num_train", "num_test")
+            if getattr(config, name) is not None}
+
 
 def _split(data: Dataset, num_test: int) -> tuple[Dataset, Dataset]:
     return data.subset(np.arange(num_test, len(data))), data.subset(np.arange(num_test))
@@ -55,6 +72,7 @@ def _split(data: Dataset, num_test: int) -> tuple[Dataset, Dataset]:
 TRUNKS: dict[str, Callable[[], nn.Module]] = {
     "conv": ConvTrunk,
     "mlp": lambda: MLPTrunk((256, 256)),
+    "lenet": MultiLeNet,
 }
 
 PENALTIES: dict[str, Callable[[Any], jax.Array] | None] = {
@@ -68,37 +86,73 @@ PENALTIES: dict[str, Callable[[Any], jax.Array] | None] = {
 
 
 class Arch(NamedTuple):
-    """How ``--arch NAME`` builds its model: ``build(trunk, names, num_classes)``."""
+    """How ``--arch NAME`` builds its model: ``build(trunk, names, num_classes)``.
+
+    ``towers`` selects the parameters that every task owns a copy of, stacked on
+    a leading task axis (a regex for :mod:`mtl_jax.penalties`, ``None``: every
+    leaf): ``--penalty`` ties those together, soft sharing on top of the
+    architecture's own sharing (e.g. L2-tied heads of a hard-shared trunk, or
+    trace-norm-tied towers of MMoE).
+    """
 
     build: Callable[[nn.Module, tuple[str, ...], int], nn.Module]
     summary: str
+    towers: str | None
     needs_conv: bool = False
 
 
+_MOE_TOWERS = r"(^|/)towers/"
+
 ARCHS: dict[str, Arch] = {
-    "hard": Arch(lambda trunk, names, c: HardSharing(trunk, StackedHeads(names, c)),
-                 "shared trunk, stacked per-task heads (hard parameter sharing)"),
+    "hard": Arch(lambda trunk, names, c: HardSharing(trunk, _heads(trunk, names, c)),
+                 "shared trunk, stacked per-task heads (hard parameter sharing)",
+                 r"(^|/)heads/"),
     "soft": Arch(lambda trunk, names, c: SoftSharing(nn.Sequential([trunk, nn.Dense(c)]), names),
-                 "one trunk+head tower per task, tied by --penalty (soft sharing)"),
+                 "one trunk+head tower per task, tied by --penalty (soft sharing)", None),
     "mmoe": Arch(lambda trunk, names, c: MMoE(trunk, names, c, num_experts=4),
-                 "4 trunk experts, one softmax gate per task (Ma et al. 2018)"),
+                 "4 trunk experts, one softmax gate per task (Ma et al. 2018)", _MOE_TOWERS),
     "omoe": Arch(lambda trunk, names, c: MMoE(trunk, names, c, num_experts=4, one_gate=True),
-                 "4 trunk experts, one gate shared by all tasks (Ma et al. 2018's baseline)"),
+                 "4 trunk experts, one gate shared by all tasks (Ma et al. 2018's baseline)",
+                 _MOE_TOWERS),
     "dselect-k": Arch(lambda trunk, names, c: MMoE(
         trunk, names, c, num_experts=4, gate=functools.partial(DSelectKGates, k=2)),
-        "4 trunk experts, DSelect-k gates with k = 2 (Hazimeh et al. 2021)"),
+        "4 trunk experts, DSelect-k gates with k = 2 (Hazimeh et al. 2021)", _MOE_TOWERS),
     "cgc": Arch(lambda trunk, names, c: CGC(trunk, names, c, num_shared_experts=2,
                                              num_task_experts=1),
-                "2 shared + 1 expert per task, per-task gates (Tang et al. 2020)"),
+                "2 shared + 1 expert per task, per-task gates (Tang et al. 2020)",
+                r"(^|/)(towers|level_0/task_experts)/"),
     "ple": Arch(lambda trunk, names, c: PLE(trunk, names, c, num_shared_experts=2,
                                              num_task_experts=1, levels=2),
-                "2 levels of CGC extraction (progressive layered extraction, Tang et al. 2020)"),
+                "2 levels of CGC extraction (progressive layered extraction, Tang et al. 2020)",
+                r"(^|/)(towers|level_1/task_experts)/"),  # level 0's feed the shared gate
     "cross-stitch": Arch(lambda trunk, names, c: CrossStitch(trunk, names, c),
-                         "per-task columns mixed by cross-stitch units (Misra et al. 2016)"),
+                         "per-task columns mixed by cross-stitch units (Misra et al. 2016)",
+                         r"(^|/)(column_\d+|heads)/"),
     "mtan": Arch(lambda trunk, names, c: MTAN(trunk, names, c),
                  "per-task attention over a shared conv trunk (Liu et al. 2019); --trunk conv",
-                 needs_conv=True),
+                 r"(^|/)(attention_\d+|heads)/", needs_conv=True),
 }
+
+
+def _heads(trunk: nn.Module, names: tuple[str, ...], num_classes: int) -> nn.Module:
+    """Linear stacked heads, or for ``MultiLeNet`` its paper's two-layer heads."""
+    if isinstance(trunk, MultiLeNet):
+        return MultiLeNetHeads(names, num_classes)
+    return StackedHeads(names, num_classes)
+
+
+def tower_penalty(arch: str, penalty: str) -> Callable[[Any], jax.Array] | None:
+    """``--penalty penalty`` acting on ``--arch arch``'s per-task parameters (``Arch.towers``).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> params = {"trunk": {"kernel": jnp.ones((3, 3))},
+      ...           "heads": {"kernel": jnp.array([[[0.0]], [[2.0]]])}}
+      >>> float(tower_penalty("hard", "l2")(params))  # the heads only: 1² + 1²
+      2.0
+    """
+    fn = PENALTIES[penalty]
+    return None if fn is None else functools.partial(fn, select=ARCHS[arch].towers)
 
 
 def build_model(arch: str, trunk: str, names: Sequence[str], num_classes: int) -> nn.Module:
@@ -113,9 +167,17 @@ def shared_parameters(model: nn.Module) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that defines a run (``steps`` may grow when resuming)."""
+    """Everything that defines a run (``steps`` may grow when resuming).
+
+    ``num_train`` / ``num_test`` are the numbers of training / test examples (pairs
+    for the Multi* datasets; None: the dataset's default); ``data_dir`` is where the
+    datasets of :data:`IDX_DATASETS` read their files (None: the Debian package's).
+    """
 
     dataset: str = "multidigits"
+    data_dir: str | None = None
+    num_train: int | None = None
+    num_test: int | None = None
     arch: str = "hard"
     trunk: str = "conv"
     penalty: str = "none"
@@ -146,13 +208,21 @@ class Config:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
         if self.eval_every < 0 or self.seed < 0:
             raise ValueError("eval_every and seed must be >= 0")
+        for field in ("num_train", "num_test"):
+            if getattr(self, field) is not None and getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.dataset in IDX_DATASETS:
+            try:
+                idx.find_files(IDX_DATASETS[self.dataset], self.data_dir)
+            except FileNotFoundError as error:
+                raise ValueError(str(error)) from None
+        elif self.data_dir is not None:
+            raise ValueError(f"data_dir is for the datasets read from disk "
+                             f"{sorted(IDX_DATASETS)}, not {self.dataset!r}")
         if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if not (np.isfinite(self.penalty_weight) and self.penalty_weight >= 0):
             raise ValueError(f"penalty_weight must be >= 0, got {self.penalty_weight}")
-        if self.penalty != "none" and self.arch != "soft":
-            raise ValueError(f"penalty {self.penalty!r} ties per-task towers together and needs "
-                             "arch 'soft'")
         wrt = registry.METHODS[self.method].wrt
         if wrt == "parameters" and self.arch == "soft":
             raise ValueError(f"method {self.method!r} aggregates the gradients of shared "
@@ -170,8 +240,11 @@ class Config:
     def identity(self) -> dict[str, Any]:
         """The fields a checkpoint must agree on to be resumed."""
         fields = dataclasses.asdict(self)
-        for free in ("steps", "eval_every", "checkpoint_every", "keep", "lowering"):
+        for free in ("steps", "eval_every", "checkpoint_every", "keep", "lowering", "data_dir"):
             fields.pop(free)
+        for optional in ("num_train", "num_test"):  # absent when unset: older runs still resume
+            if fields[optional] is None:
+                fields.pop(optional)
         return fields
 
 
@@ -229,7 +302,7 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
     """
     config.validate()
     out_dir = check_writable(out) if out is not None else None
-    train, test = DATASETS[config.dataset](config.seed)
+    train, test = DATASETS[config.dataset](config)
     names = tuple(train.y)
     if config.loss_weights is not None and len(config.loss_weights) != len(names):
         raise ValueError(f"loss_weights has {len(config.loss_weights)} entries for "
@@ -261,7 +334,7 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
             log_path.unlink()
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     step = ensemble.step(make_train_step(model, tasks, optimizer,
-                                         penalty=PENALTIES[config.penalty],
+                                         penalty=tower_penalty(config.arch, config.penalty),
                                          aggregator=aggregator, wrt=wrt, shared=shared),
                          config.lowering)
     eval_step = ensemble.lift(make_eval_step(model, tasks), config.lowering,

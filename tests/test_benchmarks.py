@@ -11,6 +11,7 @@ import json
 import pathlib
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -254,3 +255,157 @@ def test_aggregator_speed_on_the_seed_convnet_starts_both_frameworks_alike():
     assert all("error" not in r for r in rows), rows
     np.testing.assert_allclose(rows[1]["loss_at_step_1"], rows[0]["loss_at_step_1"], rtol=1e-5)
     assert aggregator_speed.floor("MGDA", 40) == 27.0 and aggregator_speed.floor("FAMO", 40) == 1
+
+
+# --------------------------------------------------------------------------- speed suite
+
+if tjd is not None:
+    import speed
+
+
+def torch_adam(params):
+    """The twin of ``optax.adam(1e-3, eps=1e-3)``: a large eps, as in
+    test_port_matches_mtl_jax, so that Adam's first step g / (|g| + eps) does not turn
+    float32 rounding of tiny gradients into differences of up to the learning rate."""
+    return torch.optim.Adam(params, lr=1e-3, eps=1e-3)
+
+
+@needs_torchjd
+@pytest.mark.parametrize("trunk", ["mlp", "conv"])
+def test_speed_ensemble_implementations_compute_the_same_update(trunk):
+    """From the same initial weights and batch, one step of a 2-member ensemble gives the
+    same losses and the same updated parameters in mtl_jax (vmap and auto), the PyTorch
+    loop and torch.func: the ensemble timings compare the same computation."""
+    sizes = (aggregator_speed.QUICK if trunk == "mlp"
+             else aggregator_speed.Sizes(batch=2, trunk="conv"))
+    members, num_tasks = 2, 3
+    x, labels = aggregator_speed.synthetic_data(sizes, num_tasks)
+    train_step, init, batch = speed.jax_setup(sizes, x, labels, jax.devices("cpu")[0], members,
+                                              optimizer=optax.adam(1e-3, eps=1e-3))
+    states = init()
+    variables = jax.device_get(states.params)
+    auto = mtl_jax.ensemble.choose_lowering(train_step, states, batch)
+    auto_states, auto_logs = speed.jitted(train_step, members, auto)(
+        jax.tree_util.tree_map(jnp.copy, states), batch)
+    new_states, logs = speed.jitted(train_step, members)(states, batch)
+
+    x_t, labels_t = aggregator_speed.torch_inputs(x, labels, "cpu")
+    cpu = torch.device("cpu")
+    loop_models = speed.torch_members(sizes, variables, cpu)
+    loop_loss = speed.torch_loop_step(loop_models, torch_adam)(x_t, labels_t)
+    func_step, stacked = speed.torch_func_step(speed.torch_members(sizes, variables, cpu),
+                                               torch_adam)
+    func_loss = func_step(x_t, labels_t)
+
+    assert auto == ("loop" if trunk == "conv" else "vmap")  # on CPU
+    for losses in (auto_logs["loss"], loop_loss, func_loss):  # per member
+        np.testing.assert_allclose(np.asarray(losses), logs["loss"], rtol=1e-5)
+    before = speed.torch_members(sizes, variables, cpu)
+    after = {name: speed.torch_members(sizes, jax.device_get(s.params), cpu)
+             for name, s in (("vmap", new_states), ("auto", auto_states))}
+    for i in range(members):
+        loop = dict(loop_models[i].named_parameters())
+        for name, initial in before[i].named_parameters():
+            want = dict(after["vmap"][i].named_parameters())[name].detach().numpy()
+            assert np.abs(want - initial.detach().numpy()).max() > 1e-4, name  # it moved
+            candidates = {"auto": dict(after["auto"][i].named_parameters())[name],
+                          "loop": loop[name], "torch.func": stacked[f"model.{name}"][i]}
+            for label, got in candidates.items():
+                np.testing.assert_allclose(got.detach().numpy(), want, rtol=0, atol=1e-6,
+                                           err_msg=f"member {i}, {name}, {label}")
+
+
+@needs_torchjd
+def test_speed_mixed_precision_keeps_float32_state():
+    """bfloat16 compute: float32 parameters and optimizer state, a loss near float32's."""
+    sizes = aggregator_speed.QUICK
+    x, labels = aggregator_speed.synthetic_data(sizes, 2)
+    device = jax.devices("cpu")[0]
+    losses = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        train_step, init, batch = speed.jax_setup(sizes, x, labels, device, dtype=dtype)
+        state, logs = speed.jitted(train_step, None)(init(), batch)
+        dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves((state.params,
+                                                                     state.opt_state))}
+        assert dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
+        losses[dtype] = float(logs["loss"])
+    assert losses[jnp.float32] != losses[jnp.bfloat16]
+    np.testing.assert_allclose(losses[jnp.bfloat16], losses[jnp.float32], rtol=2e-2)
+
+
+@needs_torchjd
+@pytest.mark.parametrize("m, k, n", [(8, 16, 32), (3, 5, 7)])
+def test_speed_flop_counter_matches_hand_count_for_a_dense_layer(m, k, n):
+    """XLA's cost analysis counts a [m, k] x [k, n] product as 2·m·n·k FLOPs."""
+    x, w = jnp.ones((m, k)), jnp.ones((k, n))
+    assert speed.xla_flops(jax.jit(jnp.dot).lower(x, w).compile()) == 2 * m * n * k
+    dense = nn.Dense(n, use_bias=False)
+    params = dense.init(jax.random.key(0), x)
+    assert speed.xla_flops(jax.jit(dense.apply).lower(params, x).compile()) == 2 * m * n * k
+
+
+@needs_torchjd
+def test_speed_targets_are_met_missed_or_not_measured():
+    """A ratio at or above the target is met, below it missed (unprofiled), a failed
+    measurement, a section not run or a target of the other platform not measured."""
+    def row(model, framework, ms):
+        return {"model": model, "framework": framework, "median_ms": ms}
+
+    hard = {"rows": [row("MLP 512-512", "mtl_jax", 10.0),
+                     row("MLP 512-512", "PyTorch eager", 20.0),
+                     row("MLP 512-512", "PyTorch torch.compile", 5.0),
+                     row("seed ConvNet", "mtl_jax", 10.0),
+                     row("seed ConvNet", "PyTorch eager", 1.0)]}
+    lines = speed.evaluate_targets({"hard": hard}, "cpu")
+    by_target = {}
+    for line in lines:
+        by_target.setdefault(line["target"], []).append(line)
+    assert set(by_target) == {t.text for t in speed.TARGETS}
+    for target in speed.TARGETS:
+        if target.platform == "gpu":
+            assert [line["status"] for line in by_target[target.text]] == ["not measured"]
+    eager, = by_target["MLP hard-sharing step no slower than PyTorch eager"]
+    assert eager["status"] == "met" and eager["value"] == 2.0  # the ConvNet is not a CPU target
+    compiled, = by_target["MLP hard-sharing step no slower than torch.compile"]
+    assert compiled["status"] == "missed" and compiled["note"] == "unprofiled"
+    methods, = by_target["MLP gradient methods no slower than the PyTorch loop"]
+    assert methods["status"] == "not measured" and "not run" in methods["note"]
+
+    hard["rows"][2] = row("MLP 512-512", "PyTorch torch.compile", 0) | {"error": "no compiler"}
+    gpu = {line["target"]: line for line in speed.evaluate_targets({"hard": hard}, "gpu")}
+    assert gpu["hard-sharing step ≥ 5× torch.compile"]["status"] == "not measured"
+
+
+@needs_torchjd
+def test_speed_quick_writes_every_section_and_target(tmp_path, monkeypatch):
+    """``--quick`` runs every section and writes the JSON, the Markdown (every section,
+    every target line) and the scaling plot. torch.compile is replaced by the identity:
+    compiling for real takes a minute; step_speed's test covers the comparison."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    report = speed.main(["--quick", "--device", "cpu", "--threads", "1", "--repeats", "1",
+                         "--out", str(tmp_path)])
+
+    saved = json.loads((tmp_path / "speed_cpu_quick.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert list(saved["sections"]) == list(speed.SECTIONS)
+    assert {t["target"] for t in saved["targets"]} == {t.text for t in speed.TARGETS}
+    for line in saved["targets"]:
+        assert line["status"] in ("met", "missed", "not measured")
+        assert (line["platform"] == "gpu") == (line["status"] == "not measured"), line
+    ensembles = saved["sections"]["ensembles"]["rows"]
+    assert {r["implementation"] for r in ensembles} == set(speed.ENSEMBLE_IMPLEMENTATIONS)
+    for n in speed.QUICK.members:
+        losses = [r["loss_at_step_1"] for r in ensembles if r["members"] == n]
+        np.testing.assert_allclose(losses, losses[0], rtol=1e-5)
+    flops = saved["sections"]["flops"]
+    assert all(r["fraction_of_peak"] > 0 and r["gflop"] > 0 for r in flops["rows"]), flops
+    assert {r["compute"] for r in flops["rows"]} == set(speed.COMPUTE_DTYPES)
+    assert (tmp_path / "speed_cpu_quick_scaling.png").stat().st_size > 0
+
+    page = (tmp_path / "speed_cpu_quick.md").read_text()
+    for heading in ("## Targets", "## Hard-sharing step", "## Per-task-gradient methods",
+                    "## Ensembles", "## Scaling", "## Achieved FLOP rate"):
+        assert heading in page
+    for target in speed.TARGETS:
+        assert f"| {target.platform.upper()} | {target.text} |" in page
+    assert "Every section ran on the CPU" in page and "speed_cpu_quick_scaling.png" in page

@@ -2,12 +2,25 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mtl_jax import cli
 from mtl_jax.aggregators import registry
-from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, member_plan
+from mtl_jax.experiment import (
+    ARCHS,
+    DATASETS,
+    PENALTIES,
+    TRUNKS,
+    Config,
+    build_model,
+    member_plan,
+    tower_penalty,
+)
+from mtl_jax.jacobian import per_task_grads
+from mtl_jax.tree import matches, path_str
 
 SHORT = ["train", "--trunk", "mlp", "--steps", "30", "--batch-size", "32", "--eval-every", "15",
          "--checkpoint-every", "10", "--quiet"]
@@ -80,7 +93,6 @@ def exit_code(args):
 
 @pytest.mark.parametrize("args, message", [
     (["--arch", "cross"], "invalid choice"),
-    (["--penalty", "l2"], "needs arch 'soft'"),
     (["--loss-weights", "1,-2"], "loss_weights must be finite and >= 0"),
     (["--loss-weights", "1,2,3"], "3 entries for 2 tasks"),
     (["--loss-weights", "a,b"], "comma-separated numbers"),
@@ -146,11 +158,13 @@ def test_attention_over_feature_maps_needs_a_conv_trunk(capsys):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_every_architecture_trains_through_the_cli(arch, tmp_path, capsys):
     # With a gradient method wherever the architecture shares parameters, so that
-    # its `shared` selector is exercised; 2 steps, with the single-task baselines.
+    # its `shared` selector is exercised, and an L2 penalty on its per-task
+    # parameters; 2 steps, with the single-task baselines.
     method = "ew" if arch == "soft" else "pcgrad"
     trunk = "conv" if ARCHS[arch].needs_conv else "mlp"
     out = tmp_path / arch
     code = cli.main(["train", "--arch", arch, "--trunk", trunk, "--method", method,
+                     "--penalty", "l2", "--penalty-weight", "0.1",
                      "--steps", "2", "--batch-size", "8", "--eval-every", "0", "--quiet",
                      "--out", str(out)])
     assert code == 0, capsys.readouterr().err
@@ -159,3 +173,39 @@ def test_every_architecture_trains_through_the_cli(arch, tmp_path, capsys):
     for run in results["runs"] + results["baselines"]:
         for task in ("left", "right"):
             assert np.isfinite(run[task]["loss"]) and 0 <= run[task]["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_penalties_tie_exactly_parameters_each_task_owns(arch):
+    # A leaf holds per-task copies when, along its leading axis, slice t gets gradient
+    # from task t only (per-task Jacobian; cross-stitch units set to the identity so that
+    # they do not mix the columns); the penalty must select only such leaves and equal
+    # the numpy L2 spread over them.
+    names = ("a", "b", "c")
+    trunk = "conv" if ARCHS[arch].needs_conv else "mlp"
+    model = build_model(arch, trunk, names, 4)
+    x = jax.random.normal(jax.random.key(0), (5, 12, 12, 1))
+    params = model.init(jax.random.key(1), x)["params"]
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.eye(len(names)) if "stitch" in path_str(path) else v, params)
+    jac = jax.jit(lambda p: per_task_grads(
+        lambda q: jnp.stack([jnp.sum(out ** 2) for out in model.apply({"params": q}, x).values()]),
+        p)[1])(params)
+    expected, selected = 0.0, 0
+    for (path, leaf), j in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                               jax.tree_util.tree_leaves(jac)):
+        path = path_str(path)
+        towers = ARCHS[arch].towers  # None: every leaf with a task axis
+        if not (leaf.ndim >= 2 if towers is None else matches(towers, path, leaf)):
+            continue
+        selected += 1
+        assert leaf.shape[0] == len(names), path
+        j = np.asarray(j).reshape(len(names), len(names), -1)  # [task, slice, rest]
+        owned = np.abs(j).sum(-1) > 0
+        np.testing.assert_array_equal(owned, np.eye(len(names), dtype=bool), err_msg=path)
+        w = np.asarray(leaf, np.float64)
+        expected += ((w - w.mean(0)) ** 2).sum()
+    assert selected > 0
+    got = float(tower_penalty(arch, "l2")(params))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert tower_penalty(arch, "none") is None

@@ -7,6 +7,9 @@
 * :mod:`~mtl_jax.reproduce.mmoe`: the synthetic task-correlation benchmark of MMoE
   (Ma et al., KDD 2018): Shared-Bottom, one-gate MoE, MMoE and other architectures
   at task correlations p, each model's runs at every p as one vmapped program.
+* :mod:`~mtl_jax.reproduce.multifashion`: MultiFashion (Sener & Koltun's MultiMNIST
+  recipe on Fashion-MNIST, NeurIPS 2018; Lin et al., NeurIPS 2019) with their
+  MultiLeNet: every method and the single-task baselines, N seeds each.
 """
 
 BENCHMARKS: dict[str, str] = {
@@ -14,5 +17,7 @@ BENCHMARKS: dict[str, str] = {
            "the Pareto front",
     "mmoe": "synthetic two-task regression of MMoE (Ma et al. 2018) with task correlation p: "
             "Shared-Bottom, OMoE, MMoE, CGC/PLE, cross-stitch, soft sharing",
+    "multifashion": "MultiFashion (Sener & Koltun's MultiMNIST recipe on Fashion-MNIST) with "
+                    "their MultiLeNet: every method against single-task baselines, N seeds",
 }
 """Benchmark name → one-line summary (the CLI's ``reproduce`` subcommands)."""
