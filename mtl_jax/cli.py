@@ -7,7 +7,7 @@ import datetime
 import os
 import sys
 
-from mtl_jax import ensemble
+from mtl_jax import ensemble, sharding
 from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CheckpointError
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
@@ -62,6 +62,13 @@ def _weights(text: str) -> tuple[float, ...]:
             f"expected comma-separated numbers such as 1,0.5, got {text!r}") from None
 
 
+def _mesh(text: str) -> tuple[int, int]:
+    try:
+        return sharding.parse_mesh(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     defaults = Config()
     top = argparse.ArgumentParser(
@@ -107,6 +114,10 @@ def parser() -> argparse.ArgumentParser:
     add("--lowering", default=defaults.lowering, choices=ensemble.LOWERINGS,
         help="how members are stepped together (auto: a loop of compiled steps for conv "
         "models on CPU, vmap otherwise)")
+    add("--mesh", type=_mesh, default=None,
+        help="run the ensemble over a device mesh, e.g. members=4,data=2: members split over "
+        "4 devices, each batch over 2 (data parallel); members x data must equal the number "
+        "of devices (default: one device)")
     add("--out", default=None,
         help="run directory (default: runs/<date-time>); an existing run is never overwritten")
     add("--resume", action="store_true",
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                     learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
                     seeds=args.seeds, seed=args.seed, baselines=not args.no_baselines,
                     eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                    keep=args.keep, lowering=args.lowering)
+                    keep=args.keep, lowering=args.lowering, mesh=args.mesh)
     if args.resume and args.out is None:
         return _fail("--resume needs --out DIR naming the run to continue")
     out = args.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"

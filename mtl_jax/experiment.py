@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import optax
 
-from mtl_jax import ensemble, metrics, penalties
+from mtl_jax import ensemble, metrics, penalties, sharding
 from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CONFIG_FILE, Checkpointer, CheckpointError, check_writable
 from mtl_jax.data import Dataset, idx, multidigits, multifashion, multimnist, synthetic_images
@@ -172,6 +172,8 @@ class Config:
     ``num_train`` / ``num_test`` are the numbers of training / test examples (pairs
     for the Multi* datasets; None: the dataset's default); ``data_dir`` is where the
     datasets of :data:`IDX_DATASETS` read their files (None: the Debian package's).
+    ``mesh`` is ``(members, data)``: run the ensemble over that device mesh
+    (:mod:`mtl_jax.sharding`, the vmap lowering); None: one device.
     """
 
     dataset: str = "multidigits"
@@ -194,6 +196,7 @@ class Config:
     checkpoint_every: int = 500
     keep: int = 3
     lowering: str = "auto"
+    mesh: tuple[int, int] | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field; runs before any work."""
@@ -236,11 +239,18 @@ class Config:
         if self.loss_weights is not None and any(
                 not np.isfinite(w) or w < 0 for w in self.loss_weights):
             raise ValueError(f"loss_weights must be finite and >= 0, got {self.loss_weights}")
+        if self.mesh is not None:
+            if self.lowering not in ("auto", "vmap"):
+                raise ValueError(f"a mesh runs the vmap lowering; lowering {self.lowering!r} "
+                                 "cannot be combined with it")
+            sharding.check_divisible("batch_size", self.batch_size,
+                                     sharding.make_mesh(*self.mesh), "data")
 
     def identity(self) -> dict[str, Any]:
         """The fields a checkpoint must agree on to be resumed."""
         fields = dataclasses.asdict(self)
-        for free in ("steps", "eval_every", "checkpoint_every", "keep", "lowering", "data_dir"):
+        for free in ("steps", "eval_every", "checkpoint_every", "keep", "lowering", "data_dir",
+                     "mesh"):
             fields.pop(free)
         for optional in ("num_train", "num_test"):  # absent when unset: older runs still resume
             if fields[optional] is None:
@@ -317,6 +327,10 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
         knobs = {"weights": loss_weights[0]}
         loss_weights = (loss_weights > 0).astype(float)
     aggregator, wrt = registry.get(config.method, len(names), **knobs)
+    mesh = sharding.make_mesh(*config.mesh) if config.mesh is not None else None
+    if mesh is not None:
+        sharding.check_divisible("ensemble members (seeds, and seeds x tasks baselines)",
+                                 len(loss_weights), mesh, "members")
     keys = jax.random.split(jax.random.key(config.seed), len(loss_weights))
     example = train.batch(0, min(config.batch_size, len(train)), config.seed)
     shared = None if wrt == "losses" else shared_parameters(model)
@@ -333,12 +347,15 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
         elif log_path.exists():
             log_path.unlink()
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    step = ensemble.step(make_train_step(model, tasks, optimizer,
-                                         penalty=tower_penalty(config.arch, config.penalty),
-                                         aggregator=aggregator, wrt=wrt, shared=shared),
-                         config.lowering)
-    eval_step = ensemble.lift(make_eval_step(model, tasks), config.lowering,
-                              static_argnames="task")
+    train_step = make_train_step(model, tasks, optimizer,
+                                 penalty=tower_penalty(config.arch, config.penalty),
+                                 aggregator=aggregator, wrt=wrt, shared=shared)
+    if mesh is None:
+        step, lowering = ensemble.step(train_step, config.lowering), config.lowering
+    else:
+        state = sharding.shard_ensemble(state, mesh)
+        step, lowering = sharding.sharded_step(train_step, mesh), "vmap"
+    eval_step = ensemble.lift(make_eval_step(model, tasks), lowering, static_argnames="task")
     members = len(loss_weights)
     state, results = fit(step, state, tasks, train, steps=config.steps,
                          batch_size=config.batch_size, seed=config.seed,
