@@ -4,16 +4,25 @@ A run directory's checkpoints belong to one configuration: the config is
 stored beside them (``config.json``) and a run with a different config, or a
 state of a different shape, is refused before anything is written. Existing
 checkpoints are never overwritten by a fresh run: continue them with
-``resume=True`` or choose another directory. Orbax writes each checkpoint to a
-temporary folder and renames it when complete, so a process killed mid-save
-leaves the previous checkpoint as the latest.
+``resume=True`` or choose another directory.
+
+Orbax writes each checkpoint to a temporary folder and renames it when
+complete, so a process killed mid-save leaves the previous checkpoint as the
+latest. On resuming, such a half-written folder is removed and reported, and a
+complete checkpoint that cannot be read (a damaged file) is set aside as
+``<step>.unreadable`` and reported: the run falls back to the newest checkpoint
+that can be read. Both reports go to the ``mtl_jax`` logger, which prints
+warnings on stderr when logging is not configured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +34,8 @@ import orbax.checkpoint as ocp
 from mtl_jax.tree import path_str
 
 CONFIG_FILE = "config.json"
+HALF_WRITTEN = ".orbax-checkpoint-tmp"
+log = logging.getLogger("mtl_jax")
 
 
 class CheckpointError(RuntimeError):
@@ -71,6 +82,7 @@ class Checkpointer:
             raise ValueError(f"save_every and keep must be >= 1, got {save_every} and {keep}")
         self.directory = check_writable(directory)
         self.save_every = save_every
+        self._pending: int | None = None
         config_path = self.directory / CONFIG_FILE
         config = json.loads(json.dumps(config or {}))
         if config_path.exists():
@@ -98,25 +110,80 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, *, force: bool = False) -> None:
-        """Save ``state`` at ``step`` if it is due (or ``force``); asynchronous."""
+        """Save ``state`` at ``step`` if it is due (or ``force``); asynchronous.
+
+        Raises:
+          CheckpointError: when this or the previous save could not be written (a
+            full or read-only filesystem); the complete checkpoints stay intact.
+        """
         due = force or step % self.save_every == 0
         if due and step not in self._manager.all_steps():
-            self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+            with self._writing():  # the previous save first: its error is its own
+                self._manager.wait_until_finished()
+            self._pending = step
+            with self._writing():
+                self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn a failed (possibly earlier, asynchronous) save into a CheckpointError."""
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+            complete = [s for s in self._manager.all_steps() if s != self._pending]
+            latest = f"step {max(complete)}" if complete else "none"
+            raise CheckpointError(
+                f"could not write the checkpoint of step {self._pending} in "
+                f"{str(self.directory)!r} ({type(error).__name__}: {error}); the complete "
+                f"checkpoints are intact (latest: {latest})") from None
 
     def restore_latest(self, template: Any) -> Any | None:
-        """The latest checkpoint, laid out like ``template``; None when there is none."""
+        """The newest readable checkpoint, laid out like ``template``; None when there is none.
+
+        Half-written checkpoints are removed and unreadable ones set aside, each
+        reported on the ``mtl_jax`` logger; a layout that does not fit ``template``
+        raises :class:`CheckpointError`.
+        """
         self._manager.wait_until_finished()
-        step = self._manager.latest_step()
-        if step is None:
-            return None
-        _check_layout(self._manager.item_metadata(step).tree, template, self.directory)
+        self._remove_half_written()
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                saved = self._manager.item_metadata(step).tree
+            except Exception as error:  # noqa: BLE001 - any damage makes it unreadable
+                self._set_aside(step, error)
+                continue
+            _check_layout(saved, template, self.directory)
+            try:
+                return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            except Exception as error:  # noqa: BLE001
+                self._set_aside(step, error)
+        return None
+
+    def _remove_half_written(self) -> None:
+        for path in sorted(self.directory.glob(f"*{HALF_WRITTEN}*")):
+            log.warning("removing the half-written checkpoint %s (its process stopped during "
+                        "the save); it is never loaded", path)
+            shutil.rmtree(path)
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        path = self.directory / str(step)
+        aside = path.with_name(f"{step}.unreadable")
+        shutil.rmtree(aside, ignore_errors=True)
+        path.rename(aside)
+        self._manager.reload()
+        earlier = [s for s in self._manager.all_steps() if s < step]
+        fallback = f"step {max(earlier)}" if earlier else "the start (no earlier checkpoint)"
+        log.warning("checkpoint of step %d cannot be read (%s: %s); moved it to %s and "
+                    "falling back to %s", step, type(error).__name__, error, aside, fallback)
 
     def close(self) -> None:
         """Wait for pending saves and release the directory."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            with self._writing():
+                self._manager.wait_until_finished()
+        finally:
+            self._manager.close()
 
 
 def _describe_difference(stored: Mapping, current: Mapping) -> str:

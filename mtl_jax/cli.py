@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import os
+import signal
 import sys
 
 from mtl_jax import ensemble, sharding
 from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CheckpointError
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
-from mtl_jax.loop import NonFiniteLossError
+from mtl_jax.loop import NonFiniteLossError, Preempted
 from mtl_jax.reproduce import BENCHMARKS, mmoe, multifashion, toy
 
 CATALOGUE = {
@@ -198,6 +200,7 @@ def _add_mmoe(benchmarks) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _report_warnings_plainly()
     if args.command == "list":
         for what in [args.what] if args.what else sorted(CATALOGUE):
             print(f"{what}:")
@@ -221,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         report = run(config, out, resume=args.resume, progress=not args.quiet)
     except (ValueError, KeyError, CheckpointError, NonFiniteLossError) as error:
         return _fail(error.args[0] if isinstance(error, KeyError) else str(error))
+    except OSError as error:  # writing logs, plots or results
+        return _fail(f"cannot write {error.filename or out!r}: {error.strerror or error}")
+    except Preempted as stop:
+        print(f"mtl-jax: {stop}", file=sys.stderr)
+        return 128 + signal.Signals[stop.signal_name]  # the shell's code for that signal
     print(report.table())
     print(f"\nwrote {out}/: config.json, metrics.jsonl, curves.png, results.md, checkpoints/")
     return 0
@@ -319,6 +327,18 @@ def _reproduce_multifashion(args: argparse.Namespace, out: str) -> int:
     print(f"\n{multifashion.table(summary)}\n\ntotal {summary['total_s']:.0f} s")
     print(f"wrote {out}/: multifashion.json, multifashion.md, multifashion.png")
     return 0
+
+
+def _report_warnings_plainly() -> None:
+    """mtl_jax's warnings as ``mtl-jax: ...`` lines; orbax's own error logs are silenced
+    (their errors reach the user as one CheckpointError each)."""
+    logger = logging.getLogger("mtl_jax")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("mtl-jax: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
 def _fail(message: str) -> int:

@@ -5,12 +5,19 @@ function of ``(seed, step)``, so a run resumed from a checkpoint at step ``s``
 sees exactly the batches the uninterrupted run saw. It works the same for one
 state and for an ensemble (a state with a leading member axis, stepped by
 :func:`mtl_jax.ensemble.step`).
+
+SIGTERM and SIGINT (a scheduler's preemption, Ctrl-C) do not cut a step short:
+the step under way finishes, a checkpoint of it is written, and :func:`fit`
+raises :class:`Preempted`. A second signal during that save acts as usual.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -42,6 +49,20 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(f"non-finite loss ({value}) for task {task!r} at step {step}{where}; "
                          "training stopped, the last checkpoint is left as it was")
         self.step, self.task, self.member = step, task, member
+
+
+class Preempted(Exception):
+    """Training stopped by ``signal`` after ``step`` completed updates.
+
+    ``checkpoint`` is the directory holding the checkpoint of that step (None
+    when the run had no checkpointer, so nothing was saved).
+    """
+
+    def __init__(self, step: int, signal_name: str, checkpoint: str | None):
+        saved = (f"checkpoint saved in {checkpoint}; run the same command with --resume to "
+                 "continue exactly" if checkpoint else "no checkpointer, nothing was saved")
+        super().__init__(f"stopped by {signal_name} after step {step}; {saved}")
+        self.step, self.signal_name, self.checkpoint = step, signal_name, checkpoint
 
 
 def num_members(state: TrainState) -> int | None:
@@ -106,6 +127,8 @@ def fit(train_step: Callable, state: TrainState, tasks: Tasks, data: Source, *, 
     Raises:
       NonFiniteLossError: at the first step whose loss is NaN or infinite; the
         state of that step is neither returned nor saved.
+      Preempted: on SIGTERM or SIGINT (in the main thread), after finishing the
+        step under way and saving it.
     """
     if steps < 0 or batch_size < 1 or log_every < 1 or eval_every < 0:
         raise ValueError(f"need steps >= 0, batch_size >= 1, log_every >= 1, eval_every >= 0; "
@@ -117,20 +140,26 @@ def fit(train_step: Callable, state: TrainState, tasks: Tasks, data: Source, *, 
     bar = tqdm(total=steps, initial=start, disable=not progress, desc="train",
                dynamic_ncols=True)
     try:
-        for step in range(start, steps):
-            state, logs = train_step(state, data.batch(step, batch_size, seed))
-            losses = np.asarray(jax.device_get(logs["task_losses"]))
-            _check_finite(losses, tasks, step, members)
-            done = step + 1
-            if done % log_every == 0 or done == steps:
-                _write_train(log, done, tasks, jax.device_get(logs), members)
-                bar.set_postfix(loss=f"{float(np.mean(jax.device_get(logs['loss']))):.4f}")
-            if eval_fn is not None and ((eval_every and done % eval_every == 0) or done == steps):
-                last_eval = eval_fn(state.params)
-                _write_eval(log, done, last_eval)
-            if checkpointer is not None:
-                checkpointer.save(done, state, force=done == steps)
-            bar.update(1)
+        with _deferred_signals() as received:
+            for step in range(start, steps):
+                state, logs = train_step(state, data.batch(step, batch_size, seed))
+                losses = np.asarray(jax.device_get(logs["task_losses"]))
+                _check_finite(losses, tasks, step, members)
+                done = step + 1
+                if done % log_every == 0 or done == steps:
+                    _write_train(log, done, tasks, jax.device_get(logs), members)
+                    bar.set_postfix(
+                        loss=f"{float(np.mean(jax.device_get(logs['loss']))):.4f}")
+                if eval_fn is not None and (
+                        (eval_every and done % eval_every == 0) or done == steps):
+                    last_eval = eval_fn(state.params)
+                    _write_eval(log, done, last_eval)
+                if checkpointer is not None:
+                    checkpointer.save(done, state, force=done == steps or bool(received))
+                bar.update(1)
+                if received and done < steps:
+                    where = str(checkpointer.directory) if checkpointer else None
+                    raise Preempted(done, received[0], where)
         if eval_fn is not None and last_eval is None:
             last_eval = eval_fn(state.params)
     finally:
@@ -140,6 +169,29 @@ def fit(train_step: Callable, state: TrainState, tasks: Tasks, data: Source, *, 
         if checkpointer is not None:
             checkpointer.close()
     return state, last_eval
+
+
+@contextlib.contextmanager
+def _deferred_signals():
+    """Record SIGTERM/SIGINT in the yielded list instead of acting on them (main thread)."""
+    received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {}
+
+    def record(signum, frame):
+        received.append(signal.Signals(signum).name)
+        for number, handler in previous.items():  # a second signal acts as usual
+            signal.signal(number, handler)
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        previous[number] = signal.signal(number, record)
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _check_finite(losses: np.ndarray, tasks: Tasks, step: int, members: int | None) -> None:
