@@ -118,16 +118,12 @@ def schedule(kills: int, rng: np.random.Generator) -> list[str]:
 
 def final_state(run_dir: pathlib.Path):
     """The step and raw arrays of the run's latest checkpoint (no template: what is on disk)."""
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(run_dir / "checkpoints",
-                                    item_handlers=ocp.StandardCheckpointHandler())
-    step = manager.latest_step()
-    tree = manager.restore(step, args=ocp.args.StandardRestore())
-    manager.close()
     import jax
 
-    return step, [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+    from mtl_jax.checkpoint import read_latest
+
+    step, state = read_latest(run_dir / "checkpoints")
+    return step, [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(state)]
 
 
 def differences(whole: pathlib.Path, interrupted: pathlib.Path) -> list[str]:

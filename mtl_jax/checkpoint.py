@@ -31,6 +31,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mtl_jax import distributed
 from mtl_jax.tree import path_str
 
 CONFIG_FILE = "config.json"
@@ -102,7 +103,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"{str(self.directory)!r} already holds checkpoints (steps {sorted(existing)}); "
                 "resume them or choose another directory")
-        if not config_path.exists():
+        if not config_path.exists() and jax.process_index() == 0:
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
     @property
@@ -161,6 +162,8 @@ class Checkpointer:
         return None
 
     def _remove_half_written(self) -> None:
+        if jax.process_index() != 0:  # one process tidies up; the others wait in restore
+            return
         for path in sorted(self.directory.glob(f"*{HALF_WRITTEN}*")):
             log.warning("removing the half-written checkpoint %s (its process stopped during "
                         "the save); it is never loaded", path)
@@ -169,8 +172,10 @@ class Checkpointer:
     def _set_aside(self, step: int, error: Exception) -> None:
         path = self.directory / str(step)
         aside = path.with_name(f"{step}.unreadable")
-        shutil.rmtree(aside, ignore_errors=True)
-        path.rename(aside)
+        if jax.process_index() == 0:
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+        distributed.barrier(f"set aside checkpoint {step}")
         self._manager.reload()
         earlier = [s for s in self._manager.all_steps() if s < step]
         fallback = f"step {max(earlier)}" if earlier else "the start (no earlier checkpoint)"
@@ -184,6 +189,33 @@ class Checkpointer:
                 self._manager.wait_until_finished()
         finally:
             self._manager.close()
+
+
+def read_latest(directory: str | os.PathLike) -> tuple[int, Any]:
+    """``(step, state)`` of the newest checkpoint in ``directory`` as arrays on this process's
+    first device, whatever mesh or processes wrote it (to inspect or compare runs).
+
+    Examples:
+      >>> import tempfile, jax.numpy as jnp
+      >>> ckpt = Checkpointer(tempfile.mkdtemp(), save_every=1)
+      >>> ckpt.save(3, {"w": jnp.ones(2)}); ckpt.close()
+      >>> step, state = read_latest(ckpt.directory)
+      >>> step, state["w"].tolist()
+      (3, [1.0, 1.0])
+    """
+    manager = ocp.CheckpointManager(pathlib.Path(directory).expanduser().resolve(),
+                                    item_handlers=ocp.StandardCheckpointHandler())
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {str(directory)!r}")
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+            manager.item_metadata(step).tree, is_leaf=lambda m: hasattr(m, "shape"))
+        return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    finally:
+        manager.close()
 
 
 def _describe_difference(stored: Mapping, current: Mapping) -> str:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import math
 import os
 import signal
 import sys
 
-from mtl_jax import ensemble, sharding
+from mtl_jax import distributed, ensemble, sharding
 from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CheckpointError
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
 from mtl_jax.loop import NonFiniteLossError, Preempted
-from mtl_jax.reproduce import BENCHMARKS, mmoe, multifashion, toy
+from mtl_jax.reproduce import BENCHMARKS, MAX_COUNT, MAX_SEED, mmoe, multifashion, toy
 
 CATALOGUE = {
     "archs": {name: arch.summary for name, arch in ARCHS.items()},
@@ -119,7 +120,13 @@ def parser() -> argparse.ArgumentParser:
     add("--mesh", type=_mesh, default=None,
         help="run the ensemble over a device mesh, e.g. members=4,data=2: members split over "
         "4 devices, each batch over 2 (data parallel); members x data must equal the number "
-        "of devices (default: one device)")
+        "of devices (default: one device; with several processes, every device on members)")
+    add("--coordinator", default=None, metavar="HOST:PORT",
+        help="multi-process run: the address of process 0 (default: $JAX_COORDINATOR_ADDRESS)")
+    add("--num-processes", default=None, metavar="N",
+        help="multi-process run: how many processes (default: $JAX_NUM_PROCESSES)")
+    add("--process-id", default=None, metavar="I",
+        help="multi-process run: this process's index, 0..N-1 (default: $JAX_PROCESS_ID)")
     add("--out", default=None,
         help="run directory (default: runs/<date-time>); an existing run is never overwritten")
     add("--resume", action="store_true",
@@ -209,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "reproduce":
         return _reproduce(args)
+    try:  # before anything touches JAX's devices
+        processes = distributed.settings(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as error:
+        return _fail(str(error))
+    if processes is not None:
+        if args.out is None:
+            return _fail("a multi-process run needs --out DIR, the same on every process")
+        distributed.initialize(**processes)
     config = Config(dataset=args.dataset, data_dir=args.data_dir, arch=args.arch,
                     trunk=args.trunk, penalty=args.penalty,
                     penalty_weight=args.penalty_weight, method=args.method,
@@ -229,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as stop:
         print(f"mtl-jax: {stop}", file=sys.stderr)
         return 128 + signal.Signals[stop.signal_name]  # the shell's code for that signal
+    if not distributed.is_main():
+        return 0
     print(report.table())
     print(f"\nwrote {out}/: config.json, metrics.jsonl, curves.png, results.md, checkpoints/")
     return 0
@@ -246,8 +263,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         if args.benchmark == "multifashion":
             return _reproduce_multifashion(args, out)
         toy.check_methods(args.methods or ())
-        if args.steps is not None and args.steps < 1:
-            raise ValueError(f"--steps must be a positive number of steps, got {args.steps}")
+        if args.steps is not None:
+            _check_range("steps", args.steps, 1)
         summary = toy.benchmark(args.setting, args.methods, steps=args.steps, out=out,
                                 log=lambda line: print(line, flush=True))
     except ValueError as error:
@@ -257,16 +274,20 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_range(flag: str, value: int, low: int, high: int = MAX_COUNT) -> None:
+    """Raise a ValueError naming ``--flag`` unless ``low <= value <= high``."""
+    if not low <= value <= high:
+        raise ValueError(f"--{flag.replace('_', '-')} must be in [{low}, {high}], got {value}")
+
+
 def _reproduce_mmoe(args: argparse.Namespace, out: str) -> int:
     mmoe.check_models(args.models or ())
     for flag in ("runs", "steps", "sweep_runs", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, "
-                             f"got {getattr(args, flag)}")
-    if args.sequential < 0:
-        raise ValueError(f"--sequential must be >= 0, got {args.sequential}")
-    if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+        _check_range(flag, getattr(args, flag), 1)
+    _check_range("sequential", args.sequential, 0)
+    _check_range("seed", args.seed, 0, MAX_SEED)
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be positive and finite, got {args.lr}")
     setup = mmoe.Setup(steps=args.steps, batch_size=args.batch_size,
                        records=min(mmoe.Setup().records, args.steps))
     summary = mmoe.benchmark(args.models, runs=args.runs, ps=args.p,

@@ -20,12 +20,13 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from mtl_jax import ensemble, metrics, penalties, sharding
+from mtl_jax import distributed, ensemble, metrics, penalties, sharding
 from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CONFIG_FILE, Checkpointer, CheckpointError, check_writable
 from mtl_jax.data import Dataset, idx, multidigits, multifashion, multimnist, synthetic_images
-from mtl_jax.loop import evaluate, fit
+from mtl_jax.loop import evaluate, fit, start_step
 from mtl_jax.models import (
     CGC,
     MTAN,
@@ -327,7 +328,7 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
         knobs = {"weights": loss_weights[0]}
         loss_weights = (loss_weights > 0).astype(float)
     aggregator, wrt = registry.get(config.method, len(names), **knobs)
-    mesh = sharding.make_mesh(*config.mesh) if config.mesh is not None else None
+    mesh = _mesh(config)
     if mesh is not None:
         sharding.check_divisible("ensemble members (seeds, and seeds x tasks baselines)",
                                  len(loss_weights), mesh, "members")
@@ -336,6 +337,9 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
     shared = None if wrt == "losses" else shared_parameters(model)
     state = ensemble.init(model, tasks, keys, example, optimizer, loss_weights=loss_weights,
                           penalty_weight=penalty_weights, aggregator=aggregator, shared=shared)
+    if mesh is not None:
+        state = sharding.shard_ensemble(state, mesh)
+    main = distributed.is_main()
     checkpointer, log_path = None, None
     if out_dir is not None:
         checkpointer = _open_checkpoints(out_dir, config, resume)
@@ -343,31 +347,42 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
         log_path = out_dir / "metrics.jsonl"
         if restored is not None:
             state = restored
-            _truncate_log(log_path, int(state.step[0]))
-        elif log_path.exists():
+            if main:
+                _truncate_log(log_path, start_step(state))
+        elif log_path.exists() and main:
             log_path.unlink()
-        (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        if main:
+            (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        distributed.barrier("run directory ready")
     train_step = make_train_step(model, tasks, optimizer,
                                  penalty=tower_penalty(config.arch, config.penalty),
                                  aggregator=aggregator, wrt=wrt, shared=shared)
+    eval_step, source = make_eval_step(model, tasks), train
     if mesh is None:
-        step, lowering = ensemble.step(train_step, config.lowering), config.lowering
+        step = ensemble.step(train_step, config.lowering)
+        eval_step = ensemble.lift(eval_step, config.lowering, static_argnames="task")
     else:
-        state = sharding.shard_ensemble(state, mesh)
-        step, lowering = sharding.sharded_step(train_step, mesh), "vmap"
-    eval_step = ensemble.lift(make_eval_step(model, tasks), lowering, static_argnames="task")
+        step, source = sharding.sharded_step(train_step, mesh), sharding.ShardedSource(train, mesh)
+        eval_step = sharding.sharded_eval(eval_step, mesh)
     members = len(loss_weights)
-    state, results = fit(step, state, tasks, train, steps=config.steps,
+    state, results = fit(step, state, tasks, source, steps=config.steps,
                          batch_size=config.batch_size, seed=config.seed,
                          eval_fn=lambda p: evaluate(eval_step, p, tasks, test, members=members),
-                         eval_every=config.eval_every, log_path=log_path,
-                         checkpointer=checkpointer, progress=progress)
+                         eval_every=config.eval_every, log_path=log_path if main else None,
+                         checkpointer=checkpointer, progress=progress and main)
     report = _report(tasks, results, config)
-    if out_dir is not None:
+    if out_dir is not None and main:
         (out_dir / "results.json").write_text(json.dumps(report.to_json(), indent=2))
         (out_dir / "results.md").write_text(report.table() + "\n")
         plot_curves(log_path, tasks, config.seeds, out_dir / "curves.png")
     return report
+
+
+def _mesh(config: Config) -> Mesh | None:
+    """``config.mesh``; with several processes and no mesh, every device on ``members``."""
+    if config.mesh is not None:
+        return sharding.make_mesh(*config.mesh)
+    return sharding.make_mesh() if jax.process_count() > 1 else None
 
 
 def _open_checkpoints(out_dir: pathlib.Path, config: Config, resume: bool) -> Checkpointer:

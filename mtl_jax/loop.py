@@ -70,6 +70,14 @@ def num_members(state: TrainState) -> int | None:
     return None if np.ndim(state.step) == 0 else int(np.shape(state.step)[0])
 
 
+def start_step(state: TrainState) -> int:
+    """How many updates ``state`` (or its first member) has made; works on any process."""
+    step = state.step
+    if isinstance(step, jax.Array) and not step.is_fully_addressable:
+        step = step.addressable_shards[0].data  # every member has made the same number
+    return int(np.ravel(jax.device_get(step))[0])
+
+
 def evaluate(eval_step: Callable, params: Any, tasks: Tasks, data, batch_size: int = 1024,
              members: int | None = None) -> Results | list[Results]:
     """Metrics of ``params`` on all of ``data``.
@@ -134,7 +142,7 @@ def fit(train_step: Callable, state: TrainState, tasks: Tasks, data: Source, *, 
         raise ValueError(f"need steps >= 0, batch_size >= 1, log_every >= 1, eval_every >= 0; "
                          f"got {steps}, {batch_size}, {log_every}, {eval_every}")
     members = num_members(state)
-    start = int(np.ravel(jax.device_get(state.step))[0])
+    start = start_step(state)
     log = open(log_path, "a") if log_path is not None else None  # noqa: SIM115
     last_eval = None
     bar = tqdm(total=steps, initial=start, disable=not progress, desc="train",

@@ -15,6 +15,12 @@ axis. On a 2-d :class:`jax.sharding.Mesh` with axes ``("members", "data")``:
 
 On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (set before
 JAX starts) simulates 8 devices.
+
+The same functions serve many processes (hosts, :mod:`mtl_jax.distributed`):
+the mesh then spans every process's devices, arrays are global
+(``jax.make_array_from_callback``: each process builds only the shards on its
+own devices, and :class:`ShardedSource` reads only its own rows of each batch),
+and what the host needs back (logs, evaluation sums) comes replicated.
 """
 
 from __future__ import annotations
@@ -105,6 +111,21 @@ def _leading_size(tree: Any) -> int:
     return int(np.shape(jax.tree_util.tree_leaves(tree)[0])[0])
 
 
+def _global(tree: Any, sharding: NamedSharding) -> Any:
+    """Host arrays (equal on every process) as global arrays; each process fills its shards."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def place(x):
+        if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(place(jax.random.key_data(x)),
+                                            impl=jax.random.key_impl(x))
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(place, tree)
+
+
 def shard_ensemble(states: Any, mesh: Mesh) -> Any:
     """Place an ensemble: member axis over ``members``, replicated over ``data``.
 
@@ -116,7 +137,7 @@ def shard_ensemble(states: Any, mesh: Mesh) -> Any:
       True
     """
     check_divisible("ensemble members", _leading_size(states), mesh, "members")
-    return jax.device_put(states, _along(mesh, "members"))
+    return _global(states, _along(mesh, "members"))
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
@@ -129,7 +150,44 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
       True
     """
     check_divisible("batch size", _leading_size(batch), mesh, "data")
-    return jax.device_put(batch, _along(mesh, "data"))
+    sharding = _along(mesh, "data")
+    if all(isinstance(x, jax.Array) and x.sharding == sharding
+           for x in jax.tree_util.tree_leaves(batch)):
+        return batch  # placed already (ShardedSource)
+    return _global(batch, sharding)
+
+
+class ShardedSource:
+    """A data source whose batches come split over the mesh's ``data`` axis.
+
+    For a :class:`~mtl_jax.data.Dataset` each process gathers only the rows of
+    the batch that its own devices hold; other sources build the batch on the
+    host and place it.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from mtl_jax.data import Dataset
+      >>> data = Dataset(np.arange(12.0).reshape(6, 1, 1, 2), {"a": np.arange(6)}, "toy")
+      >>> source = ShardedSource(data, make_mesh(devices=jax.devices()[:1]))
+      >>> bool((np.asarray(source.batch(0, 4, 0)["x"]) == data.batch(0, 4, 0)["x"]).all())
+      True
+    """
+
+    def __init__(self, source: Any, mesh: Mesh):
+        self.source, self.mesh = source, mesh
+
+    def batch(self, step: int, batch_size: int, seed: int) -> Any:
+        check_divisible("batch size", batch_size, self.mesh, "data")
+        if not hasattr(self.source, "batch_indices"):
+            return shard_batch(self.source.batch(step, batch_size, seed), self.mesh)
+        rows = self.source.batch_indices(step, batch_size, seed)
+        sharding = _along(self.mesh, "data")
+
+        def read(array):
+            return jax.make_array_from_callback(
+                (batch_size, *array.shape[1:]), sharding, lambda index: array[rows[index[0]]])
+
+        return jax.tree_util.tree_map(read, {"x": self.source.x, "y": self.source.y})
 
 
 def sharded_step(train_step: Callable, mesh: Mesh) -> Callable:
@@ -137,7 +195,8 @@ def sharded_step(train_step: Callable, mesh: Mesh) -> Callable:
 
     The returned ``(states, batch) -> (states, logs)`` takes states placed by
     :func:`shard_ensemble` (they are donated) and any batch, which it places
-    with :func:`shard_batch`; states and logs come back sharded over members.
+    with :func:`shard_batch`; states come back sharded over members, the logs
+    replicated (every process can read them).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -156,9 +215,34 @@ def sharded_step(train_step: Callable, mesh: Mesh) -> Callable:
     members = _along(mesh, "members")
     compiled = jax.jit(ensemble.step(train_step, "vmap"), donate_argnums=0,
                        in_shardings=(members, _along(mesh, "data")),
-                       out_shardings=(members, members))
+                       out_shardings=(members, NamedSharding(mesh, PartitionSpec())))
 
     def step(states, batch):
         return compiled(states, shard_batch(batch, mesh))
 
     return step
+
+
+def sharded_eval(eval_step: Callable, mesh: Mesh) -> Callable:
+    """``eval_step(params, batch, task=None)`` over an ensemble placed on ``mesh``.
+
+    Members stay where :func:`shard_ensemble` put them; the batch and the
+    per-member results are replicated, so every process reads the results.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> mesh = make_mesh(devices=jax.devices()[:1])
+      >>> f = sharded_eval(lambda w, x: {"sum": (w * x).sum()}, mesh)
+      >>> f(shard_ensemble(jnp.ones((2, 3)), mesh), jnp.arange(3.0))["sum"].tolist()
+      [3.0, 3.0]
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    lifted = jax.jit(lambda tree, batch, task=None: jax.vmap(
+        lambda t: eval_step(t, batch, task=task) if task else eval_step(t, batch))(tree),
+        static_argnames="task", out_shardings=replicated)
+
+    def evaluate(params, batch, task=None):
+        batch = _global(batch, replicated)
+        return lifted(params, batch, task=task) if task else lifted(params, batch)
+
+    return evaluate

@@ -3,6 +3,7 @@
 Killing and resuming real training processes is in ``test_faults.py``.
 """
 
+import logging
 
 import jax.numpy as jnp
 import pytest
@@ -45,7 +46,9 @@ def test_unwritable_directory_is_named(tmp_path):
     assert blocker.read_text() == "not a directory"
 
 
-def test_half_written_and_unreadable_checkpoints_are_never_loaded(tmp_path, caplog):
+def test_half_written_and_unreadable_checkpoints_are_never_loaded(tmp_path, caplog,
+                                                                  monkeypatch):
+    monkeypatch.setattr(logging.getLogger("mtl_jax"), "propagate", True)  # cli.main may unset it
     ckpt = Checkpointer(tmp_path, save_every=1, keep=5)
     for step in (1, 2, 3):
         ckpt.save(step, {"w": jnp.full(2, float(step))})

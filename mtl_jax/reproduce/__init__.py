@@ -21,3 +21,9 @@ BENCHMARKS: dict[str, str] = {
                     "their MultiLeNet: every method against single-task baselines, N seeds",
 }
 """Benchmark name → one-line summary (the CLI's ``reproduce`` subcommands)."""
+
+MAX_COUNT = 2**31 - 1
+"""The largest count a benchmark takes (steps, runs, batch size, pairs, seeds): compiled
+programs count in int32, and a larger count fails to compile or, in a loop, wraps silently."""
+MAX_SEED = 2**63 - 1
+"""The largest seed: ``jax.random.key`` takes an int64."""
