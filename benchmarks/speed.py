@@ -26,7 +26,7 @@ owns the comparison:
   on a GPU only), plotted on log axes in ``speed_<backend>_scaling.png``.
 - ``flops``: FLOPs per step from XLA's cost analysis over the step time, for the
   hard-sharing steps and the largest ensemble that fits, in float32 and with
-  bfloat16 compute (:class:`MixedPrecision`), against the device's measured
+  bfloat16 compute (:class:`mtl_jax.precision.MixedPrecision`), against the device's measured
   matmul peak (a large ``jnp.dot``) and, for a roofline, its copy bandwidth.
 
 Every mtl_jax and PyTorch pair starts from the same weights (the losses at step 1
@@ -84,6 +84,7 @@ from step_speed import (
 
 import mtl_jax
 from mtl_jax.plots import save_png
+from mtl_jax.precision import MixedPrecision
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 SECTIONS = ("hard", "methods", "ensembles", "scaling", "flops")
@@ -166,37 +167,6 @@ def as_sizes(sizes: Mapping[str, Any]) -> Sizes:
 
 
 # ----------------------------------------------------------------------------- shared pieces
-
-@dataclasses.dataclass(frozen=True)
-class MixedPrecision:
-    """``model`` computing in ``dtype``: the float32 parameters and inputs are cast inside
-    ``apply`` and the outputs cast back to float32, so the loss, the gradients, the
-    parameters and the optimizer state stay float32.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp, flax.linen as nn
-      >>> model = MixedPrecision(nn.Dense(2))
-      >>> params = model.init(jax.random.key(0), jnp.ones((1, 3)))
-      >>> params["params"]["kernel"].dtype, model.apply(params, jnp.ones((1, 3))).dtype
-      (dtype('float32'), dtype('float32'))
-    """
-
-    model: Any
-    dtype: Any = jnp.bfloat16
-
-    def init(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model.init(*args, **kwargs)
-
-    def apply(self, variables: Any, x: Any, **kwargs: Any) -> Any:
-        outputs = self.model.apply(cast(variables, self.dtype), cast(x, self.dtype), **kwargs)
-        return cast(outputs, jnp.float32)
-
-
-def cast(tree: Any, dtype: Any) -> Any:
-    """Every floating-point leaf of ``tree`` as ``dtype``."""
-    return jax.tree_util.tree_map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
 
 def xla_flops(compiled: Any) -> float:
     """FLOPs of one call of a compiled program, from XLA's cost analysis (a dot of
@@ -878,8 +848,8 @@ def _flops_part(section: Mapping[str, Any], report: Mapping[str, Any]) -> list[s
              "(`compiled.cost_analysis()['flops']`). Matmul peak: the median time of an n×n "
              "`jnp.dot` in the dtype, 2n³ FLOPs. bfloat16 compute: parameters and inputs cast "
              "to bfloat16 inside the loss, outputs back to float32; parameters and optimizer "
-             "state float32 (`speed.MixedPrecision`). Roofline bound: XLA's FLOPs per byte "
-             "accessed times the copy bandwidth (`x + 1` over "
+             "state float32 (`mtl_jax.precision.MixedPrecision`). Roofline bound: XLA's FLOPs "
+             "per byte accessed times the copy bandwidth (`x + 1` over "
              f"{bandwidth['mib']} MiB: {bandwidth['bytes_per_s'] / 1e9:.1f} GB/s), over the "
              "peak. The largest ensemble: " + (
                  "the largest N = 128·2^k whose step XLA expects to fit in "

@@ -15,6 +15,7 @@ from mtl_jax.aggregators import registry
 from mtl_jax.checkpoint import CheckpointError
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
 from mtl_jax.loop import NonFiniteLossError, Preempted
+from mtl_jax.precision import PRECISIONS
 from mtl_jax.reproduce import BENCHMARKS, MAX_COUNT, MAX_SEED, mmoe, multifashion, toy
 
 CATALOGUE = {
@@ -121,6 +122,11 @@ def parser() -> argparse.ArgumentParser:
         help="run the ensemble over a device mesh, e.g. members=4,data=2: members split over "
         "4 devices, each batch over 2 (data parallel); members x data must equal the number "
         "of devices (default: one device; with several processes, every device on members)")
+    add("--precision", default=defaults.precision, choices=sorted(PRECISIONS),
+        help="bf16: compute in bfloat16, parameters and optimizer state stay float32")
+    add("--chunk-size", type=int, default=None, metavar="K",
+        help="gradient methods: compute at most K per-task gradients at once (bounds memory "
+        "for many tasks; default: all together)")
     add("--coordinator", default=None, metavar="HOST:PORT",
         help="multi-process run: the address of process 0 (default: $JAX_COORDINATOR_ADDRESS)")
     add("--num-processes", default=None, metavar="N",
@@ -231,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                     learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
                     seeds=args.seeds, seed=args.seed, baselines=not args.no_baselines,
                     eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                    keep=args.keep, lowering=args.lowering, mesh=args.mesh)
+                    keep=args.keep, lowering=args.lowering, mesh=args.mesh,
+                    precision=args.precision, chunk_size=args.chunk_size)
     if args.resume and args.out is None:
         return _fail("--resume needs --out DIR naming the run to continue")
     out = args.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"

@@ -43,6 +43,7 @@ from mtl_jax.models import (
     StackedHeads,
 )
 from mtl_jax.plots import plot_curves
+from mtl_jax.precision import PRECISIONS, MixedPrecision
 from mtl_jax.tasks import Tasks, classification
 from mtl_jax.train import make_eval_step, make_train_step
 
@@ -156,9 +157,13 @@ def tower_penalty(arch: str, penalty: str) -> Callable[[Any], jax.Array] | None:
     return None if fn is None else functools.partial(fn, select=ARCHS[arch].towers)
 
 
-def build_model(arch: str, trunk: str, names: Sequence[str], num_classes: int) -> nn.Module:
-    """The model of ``--arch arch`` on a ``--trunk trunk`` trunk (or experts, towers)."""
-    return ARCHS[arch].build(TRUNKS[trunk](), tuple(names), num_classes)
+def build_model(arch: str, trunk: str, names: Sequence[str], num_classes: int,
+                precision: str = "f32") -> nn.Module:
+    """The model of ``--arch arch`` on a ``--trunk trunk`` trunk (or experts, towers),
+    computing in ``precision`` (:data:`mtl_jax.precision.PRECISIONS`)."""
+    model = ARCHS[arch].build(TRUNKS[trunk](), tuple(names), num_classes)
+    dtype = PRECISIONS[precision]
+    return model if dtype is None else MixedPrecision(model, dtype)
 
 
 def shared_parameters(model: nn.Module) -> str:
@@ -175,6 +180,9 @@ class Config:
     datasets of :data:`IDX_DATASETS` read their files (None: the Debian package's).
     ``mesh`` is ``(members, data)``: run the ensemble over that device mesh
     (:mod:`mtl_jax.sharding`, the vmap lowering); None: one device.
+    ``precision`` "bf16" computes in bfloat16 with float32 parameters and
+    optimizer state (:mod:`mtl_jax.precision`). ``chunk_size`` bounds how many
+    per-task gradients a gradient method computes at once (memory; None: all).
     """
 
     dataset: str = "multidigits"
@@ -198,11 +206,14 @@ class Config:
     keep: int = 3
     lowering: str = "auto"
     mesh: tuple[int, int] | None = None
+    precision: str = "f32"
+    chunk_size: int | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field; runs before any work."""
         choices = {"dataset": DATASETS, "arch": ARCHS, "trunk": TRUNKS, "penalty": PENALTIES,
-                   "method": registry.METHODS, "lowering": ensemble.LOWERINGS}
+                   "method": registry.METHODS, "lowering": ensemble.LOWERINGS,
+                   "precision": PRECISIONS}
         for field, known in choices.items():
             if getattr(self, field) not in known:
                 raise ValueError(f"unknown {field} {getattr(self, field)!r}; "
@@ -212,7 +223,7 @@ class Config:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
         if self.eval_every < 0 or self.seed < 0:
             raise ValueError("eval_every and seed must be >= 0")
-        for field in ("num_train", "num_test"):
+        for field in ("num_train", "num_test", "chunk_size"):
             if getattr(self, field) is not None and getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
         if self.dataset in IDX_DATASETS:
@@ -251,8 +262,10 @@ class Config:
         """The fields a checkpoint must agree on to be resumed."""
         fields = dataclasses.asdict(self)
         for free in ("steps", "eval_every", "checkpoint_every", "keep", "lowering", "data_dir",
-                     "mesh"):
+                     "mesh", "chunk_size"):
             fields.pop(free)
+        if fields["precision"] == "f32":  # absent when the default: older runs still resume
+            fields.pop("precision")
         for optional in ("num_train", "num_test"):  # absent when unset: older runs still resume
             if fields[optional] is None:
                 fields.pop(optional)
@@ -320,7 +333,7 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
                          f"{len(names)} tasks {list(names)}")
     num_classes = int(max(labels.max() for labels in train.y.values())) + 1
     tasks = Tasks([classification(n, num_classes) for n in names])
-    model = build_model(config.arch, config.trunk, names, num_classes)
+    model = build_model(config.arch, config.trunk, names, num_classes, config.precision)
     optimizer = optax.adam(config.learning_rate)
     loss_weights, penalty_weights = member_plan(config, len(names))
     knobs = {}
@@ -356,7 +369,8 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
         distributed.barrier("run directory ready")
     train_step = make_train_step(model, tasks, optimizer,
                                  penalty=tower_penalty(config.arch, config.penalty),
-                                 aggregator=aggregator, wrt=wrt, shared=shared)
+                                 aggregator=aggregator, wrt=wrt, shared=shared,
+                                 chunk_size=config.chunk_size)
     eval_step, source = make_eval_step(model, tasks), train
     if mesh is None:
         step = ensemble.step(train_step, config.lowering)
