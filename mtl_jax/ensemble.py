@@ -65,6 +65,15 @@ def choose_lowering(fn: Callable, states: Any, *args, **kwargs) -> str:
     return "loop" if _has_convolution(traced.jaxpr) else "vmap"
 
 
+def _init_by_map(builder: Callable, x: Any, per_member: tuple) -> bool:
+    """Whether to build members one at a time (``lax.map``): on XLA:CPU a vmapped build
+    of a convolutional model compiles about 3x slower than the same build mapped."""
+    if jax.default_backend() != "cpu":
+        return False
+    first = jax.tree_util.tree_map(lambda leaf: leaf[0], per_member)
+    return _has_convolution(jax.make_jaxpr(builder)(first[0], x, *first[1:]).jaxpr)
+
+
 def _broadcast(name: str, value, size: int, per_member_shape: tuple[int, ...]) -> np.ndarray:
     array = np.asarray(value, float)
     if array.shape == per_member_shape:
@@ -119,10 +128,15 @@ def init(model: nn.Module, tasks: Tasks, keys: jax.Array, example_batch: Batch,
         if not np.all(np.isfinite(rates)) or np.any(rates <= 0):
             raise ValueError(f"learning_rate must be positive and finite, got {rates.tolist()}")
     check_setup(model, tasks, keys[0], example_batch)
-    build = jax.jit(jax.vmap(state_builder(model, optimizer, aggregator, shared),
-                             in_axes=(0, None, 0, 0)))
-    states = build(keys, example_batch["x"], jnp.asarray(weights, jnp.float32),
-                   jnp.asarray(penalties, jnp.float32))
+    builder = state_builder(model, optimizer, aggregator, shared)
+    per_member = (keys, jnp.asarray(weights, jnp.float32), jnp.asarray(penalties, jnp.float32))
+    x = example_batch["x"]
+    if _init_by_map(builder, x, per_member):
+        build = jax.jit(lambda members: jax.lax.map(lambda m: builder(m[0], x, *m[1:]), members))
+    else:
+        build = jax.jit(lambda members: jax.vmap(builder, in_axes=(0, None, 0, 0))(
+            members[0], x, *members[1:]))
+    states = build(per_member)
     if learning_rate is None:
         return states
     return states.replace(opt_state=_set_hyperparameter(states.opt_state, "learning_rate",

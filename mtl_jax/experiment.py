@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
+import math
+import numbers
+import os
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -44,14 +48,15 @@ from mtl_jax.models import (
 )
 from mtl_jax.plots import plot_curves
 from mtl_jax.precision import PRECISIONS, MixedPrecision
+from mtl_jax.reproduce import MAX_COUNT, MAX_SEED
 from mtl_jax.tasks import Tasks, classification
 from mtl_jax.train import make_eval_step, make_train_step
 
 DATASETS: dict[str, Callable[[Config], tuple[Dataset, Dataset]]] = {
     "multidigits": lambda c: multidigits(**_sizes(c), seed=c.seed),
     "synthetic": lambda c: _split(synthetic_images(
-        4, num_examples=(c.num_train or 4096) + (c.num_test or 1024), seed=c.seed),
-        c.num_test or 1024),
+        4, num_examples=(c.num_train or SYNTHETIC_SIZES[0]) + (c.num_test or SYNTHETIC_SIZES[1]),
+        seed=c.seed), c.num_test or SYNTHETIC_SIZES[1]),
     "multifashion": lambda c: multifashion(data_dir=c.data_dir, **_sizes(c), seed=c.seed),
     "multimnist": lambda c: multimnist(data_dir=c.data_dir, **_sizes(c), seed=c.seed),
 }
@@ -171,6 +176,21 @@ def shared_parameters(model: nn.Module) -> str:
     return getattr(model, "shared", "trunk")
 
 
+INT_FIELDS = {"steps": 1, "batch_size": 1, "seeds": 1, "checkpoint_every": 1, "keep": 1,
+              "eval_every": 0, "seed": 0, "num_train": 1, "num_test": 1, "chunk_size": 1}
+OPTIONAL_FIELDS = ("num_train", "num_test", "chunk_size")
+SYNTHETIC_SIZES = (4096, 1024)  # training and test examples of "synthetic" by default
+
+
+def default_train_size(dataset: str) -> int:
+    """The number of training examples of ``dataset`` when ``num_train`` is unset."""
+    if dataset == "synthetic":
+        return SYNTHETIC_SIZES[0]
+    loader = {"multidigits": multidigits, "multifashion": multifashion,
+              "multimnist": multimnist}[dataset]
+    return inspect.signature(loader).parameters["num_train"].default
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything that defines a run (``steps`` may grow when resuming).
@@ -211,6 +231,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field; runs before any work."""
+        self._check_types()
         choices = {"dataset": DATASETS, "arch": ARCHS, "trunk": TRUNKS, "penalty": PENALTIES,
                    "method": registry.METHODS, "lowering": ensemble.LOWERINGS,
                    "precision": PRECISIONS}
@@ -218,14 +239,10 @@ class Config:
             if getattr(self, field) not in known:
                 raise ValueError(f"unknown {field} {getattr(self, field)!r}; "
                                  f"choose from {sorted(known)}")
-        for field in ("steps", "batch_size", "seeds", "checkpoint_every", "keep"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-        if self.eval_every < 0 or self.seed < 0:
-            raise ValueError("eval_every and seed must be >= 0")
-        for field in ("num_train", "num_test", "chunk_size"):
-            if getattr(self, field) is not None and getattr(self, field) < 1:
-                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        size = self.num_train or default_train_size(self.dataset)
+        if self.batch_size > size:
+            raise ValueError(f"batch_size ({self.batch_size}) must not exceed the number of "
+                             f"training examples ({size}; num_train)")
         if self.dataset in IDX_DATASETS:
             try:
                 idx.find_files(IDX_DATASETS[self.dataset], self.data_dir)
@@ -234,10 +251,6 @@ class Config:
         elif self.data_dir is not None:
             raise ValueError(f"data_dir is for the datasets read from disk "
                              f"{sorted(IDX_DATASETS)}, not {self.dataset!r}")
-        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not (np.isfinite(self.penalty_weight) and self.penalty_weight >= 0):
-            raise ValueError(f"penalty_weight must be >= 0, got {self.penalty_weight}")
         wrt = registry.METHODS[self.method].wrt
         if wrt == "parameters" and self.arch == "soft":
             raise ValueError(f"method {self.method!r} aggregates the gradients of shared "
@@ -248,15 +261,51 @@ class Config:
         if ARCHS[self.arch].needs_conv and self.trunk != "conv":
             raise ValueError(f"arch {self.arch!r} attends over convolutional feature maps "
                              f"and needs trunk 'conv', got {self.trunk!r}")
-        if self.loss_weights is not None and any(
-                not np.isfinite(w) or w < 0 for w in self.loss_weights):
-            raise ValueError(f"loss_weights must be finite and >= 0, got {self.loss_weights}")
         if self.mesh is not None:
             if self.lowering not in ("auto", "vmap"):
                 raise ValueError(f"a mesh runs the vmap lowering; lowering {self.lowering!r} "
                                  "cannot be combined with it")
             sharding.check_divisible("batch_size", self.batch_size,
                                      sharding.make_mesh(*self.mesh), "data")
+
+    def _check_types(self) -> None:
+        """Every field of the right type and within range, naming the first that is not."""
+        def fail(field, wanted):
+            raise ValueError(f"{field} must be {wanted}, got {getattr(self, field)!r}")
+
+        def integer(value):
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+        for field, low in INT_FIELDS.items():
+            value = getattr(self, field)
+            if value is None and field in OPTIONAL_FIELDS:
+                continue
+            high = MAX_SEED if field == "seed" else MAX_COUNT
+            if not (integer(value) and low <= value <= high):
+                fail(field, f"an integer in [{low}, {high}]")
+        for field, low in (("learning_rate", 0.0), ("penalty_weight", 0.0)):
+            value = getattr(self, field)
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                    and math.isfinite(value) and value >= low
+                    and (value > 0 or field != "learning_rate")):
+                fail(field, "a positive number" if field == "learning_rate"
+                     else "a finite number >= 0")
+        for field in ("dataset", "arch", "trunk", "penalty", "method", "lowering", "precision"):
+            if not isinstance(getattr(self, field), str):
+                fail(field, "a name (str)")
+        if not isinstance(self.baselines, bool):
+            fail("baselines", "True or False")
+        if self.data_dir is not None and not isinstance(self.data_dir, str | os.PathLike):
+            fail("data_dir", "a path")
+        weights = self.loss_weights
+        if weights is not None and not (isinstance(weights, tuple | list) and all(
+                isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w)
+                and w >= 0 for w in weights)):
+            fail("loss_weights", "a sequence of finite numbers >= 0")
+        if self.mesh is not None and not (isinstance(self.mesh, tuple | list)
+                                          and len(self.mesh) == 2
+                                          and all(integer(n) and n >= 1 for n in self.mesh)):
+            fail("mesh", "a pair (members, data) of positive integers")
 
     def identity(self) -> dict[str, Any]:
         """The fields a checkpoint must agree on to be resumed."""

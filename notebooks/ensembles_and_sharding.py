@@ -220,7 +220,8 @@ assert difference < 1e-3
 #   makes each gradient the mean over the whole batch (data parallelism).
 #
 # `shard_ensemble` places the states, `sharded_step` is the same vmapped step
-# compiled for that placement (it places each batch with `shard_batch`).
+# compiled for that placement (it places each batch with `shard_batch`), and
+# `sharded_eval` evaluates the members where they are.
 
 # %%
 mesh = sharding.make_mesh(members=4, data=2)
@@ -244,14 +245,17 @@ print("a batch:", batch_x.shape, "->", {str(s.device): s.data.shape[0]
 
 # %% [markdown]
 # Each device holds a `(5, 144, 256)` slice of the `(20, 144, 256)` kernel, and
-# 32 of each batch's 64 examples. Train it: the same `fit`, the same evaluation.
+# 32 of each batch's 64 examples. Train it with the same `fit` as before.
 
 # %%
 sharded_step = sharding.sharded_step(train_step, mesh)
+sharded_eval = sharding.sharded_eval(mtl_jax.make_eval_step(model, tasks), mesh)
 start = time.perf_counter()
-sharded, sharded_results = mtl_jax.fit(sharded_step, sharded, tasks, train, steps=STEPS,
-                                       batch_size=BATCH, seed=0, eval_fn=evaluate_members,
-                                       log_every=STEPS, progress=False)
+sharded, sharded_results = mtl_jax.fit(
+    sharded_step, sharded, tasks, train, steps=STEPS, batch_size=BATCH, seed=0,
+    eval_fn=lambda params: mtl_jax.evaluate(sharded_eval, params, tasks, test, batch_size=1000,
+                                            members=MEMBERS),
+    log_every=STEPS, progress=False)
 print(f"sharded: {STEPS} steps in {time.perf_counter() - start:.1f} s "
       f"(one device: {sweep_seconds:.1f} s)")
 print("trained kernel:", sharded.params["params"]["trunk"]["Dense_0"]["kernel"].sharding.spec)
@@ -325,29 +329,41 @@ assert first.max() < 1e-4 and change.max() < 0.03
 # rates and loss weights like the one above is for the Python API.
 
 # %% [markdown]
-# ## 5. Several hosts
+# ## 5. Several processes and hosts
 #
-# One Python process drives the devices of its own host. To use the devices of
-# several hosts (GPU nodes, a TPU pod slice), every host runs the *same*
-# program, and each process first calls `jax.distributed.initialize` with the
-# address of a coordinator (process 0), the number of processes and its own
-# index; after that `jax.devices()` lists the devices of all hosts and a mesh
-# spans them (`members × data` is then the number of devices on all hosts).
-# `mtl-jax train` takes these as flags, for example on two hosts of 8 GPUs each
-# (8 seeds and 16 baselines: 3 members per row of the 8 × 2 mesh):
+# One Python process drives the devices of its own host. To train over several
+# hosts (GPU nodes, a TPU pod slice), start the same `mtl-jax train` command
+# once per host, each with its own `--process-id`. Each process first joins
+# JAX's distributed runtime (`jax.distributed.initialize`, with the address of
+# process 0 as coordinator; gloo collectives on CPUs); after that
+# `jax.devices()` lists the devices of every process, and the `--mesh` spans
+# them all (`members × data` is then the number of devices on all hosts).
+# For example, on two hosts of 8 GPUs each (8 seeds and 16 baselines: 3
+# members per row of the 8 × 2 mesh):
 #
 # ```bash
-# # on host 0, which also runs the coordinator:
-# mtl-jax train --seeds 8 --mesh members=8,data=2 \
+# # on host 0, whose address is the coordinator's:
+# mtl-jax train --seeds 8 --mesh members=8,data=2 --out /shared/runs/sweep \
 #     --coordinator host0:1234 --num-processes 2 --process-id 0
 # # on host 1, the same command but for its index:
-# mtl-jax train --seeds 8 --mesh members=8,data=2 \
+# mtl-jax train --seeds 8 --mesh members=8,data=2 --out /shared/runs/sweep \
 #     --coordinator host0:1234 --num-processes 2 --process-id 1
 # ```
 #
-# Nothing else changes: the batches are a pure function of `(seed, step)`, so
-# every process builds the same ones, and each keeps only its devices' shards.
-# `make_mesh` lays the devices out row by row, so keeping `data` no larger than
-# the devices of one host keeps the gradient all-reduce inside a host, while
-# members on different hosts train independently. (Under SLURM or on a Cloud
-# TPU, `jax.distributed.initialize()` can find these values itself.)
+# (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` can
+# replace the flags.) Each process builds only what lives on its own devices:
+# its members' states and its rows of each batch (`sharding.ShardedSource`).
+# Process 0 prints the table and writes the logs, results and plots; all
+# processes write the checkpoints together, so `--out` must be a directory that
+# every host sees. `make_mesh` lays the devices out row by row, so with `data`
+# no larger than one host's device count the gradient all-reduce usually stays
+# inside a host, and members on different hosts train independently.
+#
+# To try it on one machine, run two processes of two simulated devices each:
+#
+# ```bash
+# export XLA_FLAGS=--xla_force_host_platform_device_count=2
+# run="mtl-jax train --trunk mlp --seeds 2 --steps 50 --mesh members=2,data=2 --out runs/two \
+#      --coordinator 127.0.0.1:12345 --num-processes 2"
+# $run --process-id 1 & $run --process-id 0; wait
+# ```
