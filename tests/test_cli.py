@@ -93,12 +93,12 @@ def exit_code(args):
 
 @pytest.mark.parametrize("args, message", [
     (["--arch", "cross"], "invalid choice"),
-    (["--loss-weights", "1,-2"], "loss_weights must be finite and >= 0"),
+    (["--loss-weights", "1,-2"], "loss_weights must be a sequence of finite numbers >= 0"),
     (["--loss-weights", "1,2,3"], "3 entries for 2 tasks"),
     (["--loss-weights", "a,b"], "comma-separated numbers"),
-    (["--steps", "0"], "steps must be >= 1"),
-    (["--lr", "-1"], "learning_rate must be positive"),
-    (["--penalty-weight", "nan", "--arch", "soft"], "penalty_weight must be >= 0"),
+    (["--steps", "0"], "steps must be an integer in [1, 2147483647], got 0"),
+    (["--lr", "-1"], "learning_rate must be a positive number"),
+    (["--penalty-weight", "nan", "--arch", "soft"], "penalty_weight must be a finite number >= 0"),
     (["--resume"], "--resume needs --out"),
 ])
 def test_bad_arguments_get_one_clear_line(args, message, capsys):
