@@ -120,8 +120,9 @@ def parser() -> argparse.ArgumentParser:
         "models on CPU, vmap otherwise)")
     add("--mesh", type=_mesh, default=None,
         help="run the ensemble over a device mesh, e.g. members=4,data=2: members split over "
-        "4 devices, each batch over 2 (data parallel); members x data must equal the number "
-        "of devices (default: one device; with several processes, every device on members)")
+        "4 devices, each batch over 2 (data parallel), on the first 8 devices; "
+        "members=1,data=1 is one device (default: every visible device that the numbers of "
+        "members and of examples in a batch divide)")
     add("--precision", default=defaults.precision, choices=sorted(PRECISIONS),
         help="bf16: compute in bfloat16, parameters and optimizer state stay float32")
     add("--chunk-size", type=int, default=None, metavar="K",

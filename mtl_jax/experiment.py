@@ -199,7 +199,9 @@ class Config:
     for the Multi* datasets; None: the dataset's default); ``data_dir`` is where the
     datasets of :data:`IDX_DATASETS` read their files (None: the Debian package's).
     ``mesh`` is ``(members, data)``: run the ensemble over that device mesh
-    (:mod:`mtl_jax.sharding`, the vmap lowering); None: one device.
+    (:mod:`mtl_jax.sharding`, the vmap lowering); ``(1, 1)``: one device; None:
+    every visible device that the numbers of members and examples divide
+    (:func:`mtl_jax.sharding.default_mesh`; one device when only one is visible).
     ``precision`` "bf16" computes in bfloat16 with float32 parameters and
     optimizer state (:mod:`mtl_jax.precision`). ``chunk_size`` bounds how many
     per-task gradients a gradient method computes at once (memory; None: all).
@@ -261,7 +263,7 @@ class Config:
         if ARCHS[self.arch].needs_conv and self.trunk != "conv":
             raise ValueError(f"arch {self.arch!r} attends over convolutional feature maps "
                              f"and needs trunk 'conv', got {self.trunk!r}")
-        if self.mesh is not None:
+        if self.mesh is not None and tuple(self.mesh) != (1, 1):
             if self.lowering not in ("auto", "vmap"):
                 raise ValueError(f"a mesh runs the vmap lowering; lowering {self.lowering!r} "
                                  "cannot be combined with it")
@@ -390,7 +392,7 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
         knobs = {"weights": loss_weights[0]}
         loss_weights = (loss_weights > 0).astype(float)
     aggregator, wrt = registry.get(config.method, len(names), **knobs)
-    mesh = _mesh(config)
+    mesh = _mesh(config, len(loss_weights))
     if mesh is not None:
         sharding.check_divisible("ensemble members (seeds, and seeds x tasks baselines)",
                                  len(loss_weights), mesh, "members")
@@ -441,11 +443,15 @@ def run(config: Config, out: str | pathlib.Path | None = None, *, resume: bool =
     return report
 
 
-def _mesh(config: Config) -> Mesh | None:
-    """``config.mesh``; with several processes and no mesh, every device on ``members``."""
-    if config.mesh is not None:
-        return sharding.make_mesh(*config.mesh)
-    return sharding.make_mesh() if jax.process_count() > 1 else None
+def _mesh(config: Config, members: int) -> Mesh | None:
+    """``config.mesh`` (``(1, 1)``: one device, unsharded), or with none given and several
+    devices visible, :func:`mtl_jax.sharding.default_mesh` (unless a lowering other than
+    vmap was asked for)."""
+    if config.mesh is None:
+        if config.lowering not in ("auto", "vmap") and jax.process_count() == 1:
+            return None
+        return sharding.default_mesh(members, config.batch_size)
+    return None if tuple(config.mesh) == (1, 1) else sharding.make_mesh(*config.mesh)
 
 
 def _open_checkpoints(out_dir: pathlib.Path, config: Config, resume: bool) -> Checkpointer:

@@ -25,6 +25,7 @@ and what the host needs back (logs, evaluation sums) comes replicated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,11 +64,11 @@ def parse_mesh(text: str) -> tuple[int, int]:
 
 def make_mesh(members: int | None = None, data: int | None = None,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ``members`` x ``data`` mesh over ``devices`` (default: every visible device).
+    """A ``members`` x ``data`` mesh over the first ``members * data`` of ``devices``
+    (default: every visible device).
 
     With neither size given every device goes to ``members``; with one given,
-    the other takes the remaining factor. ``members * data`` must equal the
-    number of devices.
+    the other takes the remaining factor. ``members=1, data=1`` is one device.
 
     Examples:
       >>> import jax
@@ -84,10 +85,34 @@ def make_mesh(members: int | None = None, data: int | None = None,
         members = max(count // (data or 1), 1)
     if data is None:
         data = max(count // members, 1)
-    if members * data != count:
+    if members * data > count:
         raise ValueError(f"mesh members={members} x data={data} needs {members * data} devices, "
                          f"{count} visible")
-    return Mesh(np.asarray(devices).reshape(members, data), AXES)
+    return Mesh(np.asarray(devices[:members * data]).reshape(members, data), AXES)
+
+
+def default_mesh(members: int, batch_size: int) -> Mesh | None:
+    """The mesh a run uses when none is asked for: None (one device) when a single device
+    is visible; otherwise members split over as many devices as divide their number, and
+    each batch over as many of the rest as divide the batch size.
+
+    With several processes the mesh must hold every device; a run whose sizes do not
+    allow that is refused with the sizes that would.
+
+    Examples:
+      >>> default_mesh(members=6, batch_size=128) is None  # one CPU device
+      True
+    """
+    count = jax.device_count()
+    if count == 1:
+        return None
+    rows = math.gcd(members, count)
+    columns = math.gcd(batch_size, count // rows)
+    if rows * columns < count and jax.process_count() > 1:
+        raise ValueError(f"{jax.process_count()} processes with {count} devices need a mesh "
+                         f"over all of them: make the ensemble members ({members}) times the "
+                         f"batch size ({batch_size}) divisible by {count}, or pass --mesh")
+    return None if rows * columns == 1 else make_mesh(rows, columns)
 
 
 def _along(mesh: Mesh, axis: str) -> NamedSharding:

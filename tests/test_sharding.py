@@ -99,7 +99,10 @@ def main(out: pathlib.Path) -> None:
             np.savez(out / f"{setup} {name}.npz", **flat(params))
     reports = {name: experiment.run(dataclasses.replace(EXPERIMENT, mesh=mesh),
                                     progress=False).to_json()
-               for name, mesh in (("single", None), ("mesh", (4, 2)))}
+               for name, mesh in (("single", (1, 1)), ("mesh", (4, 2)))}
+    defaults = {f"{members} {batch}": dict(getattr(sharding.default_mesh(members, batch), "shape",
+                                                   {}))
+                for members, batch in ((12, 16), (9, 16), (6, 13), (5, 7))}
     errors = {}
     for name, changes in {"members": {"seeds": 3}, "batch": {"batch_size": 13}}.items():
         try:
@@ -109,6 +112,7 @@ def main(out: pathlib.Path) -> None:
     (out / "placement.json").write_text(json.dumps(placement))
     (out / "reports.json").write_text(json.dumps(reports))
     (out / "errors.json").write_text(json.dumps(errors))
+    (out / "defaults.json").write_text(json.dumps(defaults))
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +156,14 @@ def test_experiment_refuses_members_or_batch_that_do_not_split(results):
         "batch": "batch_size (13) must be divisible by the mesh's data axis (2)"}
 
 
+def test_default_mesh_uses_the_devices_that_members_and_batch_divide(results):
+    assert json.loads((results / "defaults.json").read_text()) == {
+        "12 16": {"members": 4, "data": 2},  # all 8 devices
+        "9 16": {"members": 1, "data": 8},  # 9 members share no factor with 8: data parallel
+        "6 13": {"members": 2, "data": 1},  # 2 of the 8 devices
+        "5 7": {}}  # nothing divides: one device
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ("members=4,data", "bad mesh 'members=4,data'"),
     ("gpus=2", "bad mesh 'gpus=2'"),
@@ -192,7 +204,7 @@ def test_cli_refuses_a_bad_mesh_in_one_line(capsys, tmp_path):
     error = capsys.readouterr().err
     assert error == (f"mtl-jax: error: mesh members={count + 1} x data=1 needs {count + 1} "
                      f"devices, {count} visible\n")
-    assert cli.main(["train", "--mesh", f"members={count}", "--lowering", "loop"]) == 2
+    assert cli.main(["train", "--mesh", f"members={count + 1}", "--lowering", "loop"]) == 2
     assert "lowering 'loop' cannot be combined" in capsys.readouterr().err
 
 
