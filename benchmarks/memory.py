@@ -45,13 +45,14 @@ from aggregator_speed import (
     QUICK,
     Sizes,
     flax_model,
-    jax_setup,
     synthetic_data,
+    task_names,
     xla_peak_bytes,
 )
 from step_speed import available_cores, cpu_model, jax_step_runner, time_steps, write_report
 
 import mtl_jax
+from mtl_jax.aggregators.base import from_weighting, scaled_gramian
 
 # Grown on demand, so that the allocator's peak is the step's and fresh processes fit.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -62,6 +63,22 @@ OPTIMIZER = optax.adam(1e-3)
 BYTES = 4  # float32
 METHODS = ("ew", "pcgrad", "mgda", "cagrad", "nash_mtl", "upgrad", "imtl_g")
 MiB = 2**20
+
+
+def by_gramian(gram: jax.Array, inner: Any, value: Any) -> tuple[jax.Array, Any]:
+    """Weights read from the Gramian, as every Gramian-based method's are."""
+    return jax.nn.softmax(jnp.diag(gram)), inner
+
+
+# Stand-ins for the parts of a Gramian-based method's work, to attribute its memory:
+# the Jacobian alone (direction Σ_t g_t), weights from G = J Jᵀ, from the rescaled G.
+ABLATIONS: dict[str, Callable[[int], Any]] = {
+    "(Σ rows of J)": lambda t: from_weighting(lambda g, s, v: (jnp.ones(t), s), t,
+                                              summary=lambda grads: jnp.zeros(())),
+    "(Gramian)": lambda t: from_weighting(by_gramian, t),
+    "(scaled Gramian)": lambda t: from_weighting(
+        by_gramian, t, summary=lambda grads: scaled_gramian(grads)[0]),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +92,11 @@ class Setting:
 
 
 PLANS = {
-    "full": {"mlp": Setting(FULL["mlp"], METHODS, (None, 20, 8, 4, 1), 3),
+    "full": {"mlp": Setting(FULL["mlp"], METHODS + tuple(ABLATIONS), (None, 20, 8, 4, 1), 3),
              # A step of the chunked ConvNet takes 15-35 s on a 2-core CPU: not timed.
-             "conv": Setting(Sizes(batch=16, trunk="conv"), ("ew", "pcgrad", "upgrad"),
-                             (None, 8, 1), 0)},
-    "quick": {"mlp": Setting(QUICK, ("ew", "pcgrad"), (None, 8, 1), 1)},
+             "conv": Setting(Sizes(batch=16, trunk="conv"), ("ew", "pcgrad", "upgrad",
+                                                             *ABLATIONS), (None, 8, 1), 0)},
+    "quick": {"mlp": Setting(QUICK, ("ew", "pcgrad", *ABLATIONS), (None, 1), 1)},
 }
 
 
@@ -133,14 +150,25 @@ def xla_memory(compiled: Any) -> dict[str, int]:
             "peak_bytes": xla_peak_bytes(compiled)}
 
 
+def aggregator_for(method: str, num_tasks: int) -> tuple[Any, str]:
+    """``(aggregator, wrt)`` of a registry method or of one of :data:`ABLATIONS`."""
+    if method in ABLATIONS:
+        return ABLATIONS[method](num_tasks), "parameters"
+    return mtl_jax.aggregators.get(method, num_tasks)
+
+
 def measure(sizes: Sizes, method: str, chunks: Sequence[int | None], repeats: int,
-            num_tasks: int = NUM_TASKS) -> list[dict[str, Any]]:
-    """One row per chunk size: XLA's memory figures, compile seconds, on a GPU the
-    allocator's peak, and with ``repeats`` the median step time."""
+            num_tasks: int = NUM_TASKS, device_peak: bool = False) -> list[dict[str, Any]]:
+    """One row per chunk size: XLA's memory figures, compile seconds, with ``repeats``
+    the median step time, and with ``device_peak`` (for a process that measures one
+    row) the allocator's peak where the device keeps one (not the CPU)."""
     x, labels = synthetic_data(sizes, num_tasks)
-    _, state, batch = jax_setup(method, sizes, x, labels, OPTIMIZER)
     model, tasks = flax_model(sizes, num_tasks)
-    aggregator, wrt = mtl_jax.aggregators.get(method, num_tasks)
+    batch = {"x": x, "y": dict(zip(task_names(num_tasks), labels))}
+    aggregator, wrt = aggregator_for(method, num_tasks)
+    with jax.disable_jit():  # op by op: compiling the initialisation costs seconds
+        state = mtl_jax.init_state(model, tasks, jax.random.key(0), batch, OPTIMIZER,
+                                   aggregator=aggregator)
     rows = []
     for i, chunk in enumerate(chunks):
         step = jax.jit(mtl_jax.make_train_step(model, tasks, OPTIMIZER, aggregator=aggregator,
@@ -154,7 +182,7 @@ def measure(sizes: Sizes, method: str, chunks: Sequence[int | None], repeats: in
             timing = time_steps(jax_step_runner(compiled, fresh, batch), 1, repeats)
             row |= {"step_ms": timing["median_ms"], "times_ms": timing["times_ms"]}
         stats = jax.devices()[0].memory_stats()  # None on the CPU
-        if stats and repeats:
+        if stats and repeats and device_peak:
             row["device_peak_bytes"] = stats["peak_bytes_in_use"]
         print(describe(row), flush=True)
         rows.append(row)
@@ -162,8 +190,10 @@ def measure(sizes: Sizes, method: str, chunks: Sequence[int | None], repeats: in
 
 
 def chunks_for(method: str, setting: Setting) -> tuple[int | None, ...]:
-    """The setting's chunk sizes for a per-task-gradient method; EW and other loss-based
-    or rep-grad methods compute no per-task parameter gradients: None only."""
+    """The setting's chunk sizes for a per-task-gradient method, its smallest for the
+    ablations; EW (and any method without per-task parameter gradients): None only."""
+    if method in ABLATIONS:
+        return setting.chunks[-1:]
     wrt = mtl_jax.aggregators.registry.METHODS[method].wrt
     return setting.chunks if wrt == "parameters" else (None,)
 
@@ -175,7 +205,7 @@ def run(setting: Setting, num_tasks: int, isolate: bool) -> list[dict[str, Any]]
         chunks = chunks_for(method, setting)
         for group in ([[c] for c in chunks] if isolate else [chunks]):
             rows += in_process(measure, isolate)(setting.sizes, method, group, setting.repeats,
-                                                 num_tasks)
+                                                 num_tasks, isolate)
     return rows
 
 
@@ -206,7 +236,7 @@ def annotate(rows: list[dict[str, Any]], t: dict[str, int], num_tasks: int) -> N
 
 def describe(row: dict[str, Any]) -> str:
     """One progress line."""
-    line = (f"{row['trunk']:>4} {row['method']:>8} chunk {chunk_name(row['chunk']):>4} | "
+    line = (f"{row['trunk']:>4} {row['method']:>16} chunk {chunk_name(row['chunk']):>4} | "
             f"peak {row['peak_bytes'] / MiB:8.1f} MiB (temp {row['temp_bytes'] / MiB:7.1f}) | "
             f"compile {row['compile_s']:5.1f} s")
     if "step_ms" in row:
@@ -254,19 +284,25 @@ def table(rows: list[dict[str, Any]], on_gpu: bool) -> list[str]:
     return lines
 
 
-def summary(rows: list[dict[str, Any]]) -> list[str]:
-    """Per method: the peak at its largest and smallest chunk, and the chunk from which
-    on the peak falls no further."""
+def summary(rows: list[dict[str, Any]], jacobian: int) -> list[str]:
+    """Per method: the peak at its largest and smallest chunk, the chunk from which on it
+    falls no further, and what the smallest chunk adds to EW's peak, in Jacobians |J|."""
+    ew = next(r for r in rows if r["method"] == "ew")
     lines = []
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "ew"):
-        mine = [r for r in rows if r["method"] == method]
-        ordered = sorted(mine, key=lambda r: -tasks_at_once(r["chunk"], 10**9))
-        first, last = ordered[0], ordered[-1]
-        floor = next(r for r in ordered if r["peak_bytes"] == last["peak_bytes"])
+        mine = sorted((r for r in rows if r["method"] == method),
+                      key=lambda r: -tasks_at_once(r["chunk"], NUM_TASKS))
+        first, last = mine[0], mine[-1]
+        floor = next(r for r in mine if r["peak_bytes"] == last["peak_bytes"])
+        extra = (last["peak_bytes"] - ew["peak_bytes"]) / jacobian
+        at_last = (f"{mib(last['peak_bytes'])} MiB ({last['peak_over_ew']:.1f}× EW, EW + "
+                   f"{extra:.2f}·|J|) at k = {chunk_name(last['chunk'])}")
+        if first is last:
+            lines.append(f"- {method}: {at_last}.")
+            continue
         lines.append(f"- {method}: {mib(first['peak_bytes'])} MiB ({first['peak_over_ew']:.1f}× "
-                     f"EW) at k = {chunk_name(first['chunk'])}, {mib(last['peak_bytes'])} MiB "
-                     f"({last['peak_over_ew']:.1f}× EW) at k = {chunk_name(last['chunk'])}; the "
-                     f"peak stops falling at k = {chunk_name(floor['chunk'])}.")
+                     f"EW) at k = {chunk_name(first['chunk'])}, {at_last}; the peak stops "
+                     f"falling at k = {chunk_name(floor['chunk'])}.")
     return lines
 
 
@@ -293,6 +329,11 @@ def markdown(report: dict[str, Any]) -> str:
         + (" Device peak: `memory_stats()['peak_bytes_in_use']` after running the step, "
            "each row in a fresh process." if on_gpu else
            " The CPU allocator keeps no peak statistic (`memory_stats()` is None)."),
+        "- Rows in parentheses are not methods but stand-ins for parts of a Gramian-based "
+        "method's work, at the smallest chunk, to attribute its memory: `(Σ rows of J)` "
+        "returns Σ_t g_t (the Jacobian and nothing else), `(Gramian)` weights read from "
+        "G = J Jᵀ (`aggregators.base.gramian`), `(scaled Gramian)` from "
+        "`aggregators.base.scaled_gramian`, as the registry's Gramian-based methods do.",
         "- Step ms: median of the timed steps after one untimed step (— where not timed). "
         "Other jobs shared the machine; the times are indicative, the memory figures exact.",
         "",
@@ -308,16 +349,18 @@ def markdown(report: dict[str, Any]) -> str:
         "    peak(method, k) ≤ peak(EW) + 3·|J| + 2·|dZ| + min(k, T)·w",
         "",
         f"holds for {held(report, 'within_bound')} (peak / bound ≤ 1). Its terms are the "
-        "buffers that can be live besides EW's: the Jacobian and two copies of it that the "
-        "aggregator makes (XLA relayouts J for the Gramian's contraction, and "
-        "`scaled_gramian`'s overflow branch divides a copy of J; XLA reserves a "
-        "conditional's buffers even when the branch does not run), two `[T, B, D]` buffers "
-        "(the cotangents dZ and the heads' T-fold copy of the trunk output, stacked by "
-        "`StackedHeads`), and k backward passes. Only the last term depends on k: chunking "
-        "bounds the working set of the backward passes, not the Jacobian and its copies, so "
-        "the peak stops falling once k·w is below the other phases of the step; and a "
-        "`lax.map` runs the chunks one after another. The tighter EW + |J| + k·w (the "
-        f"Jacobian as the only extra buffer) holds for {held(report, 'within_jacobian_only')}.",
+        "buffers that can be live besides EW's: the Jacobian J and up to two copies of it "
+        "that the aggregator makes (XLA relayouts J for the Gramian's contraction, and "
+        "`scaled_gramian`'s overflow branch divides a copy of J: XLA reserves a "
+        "conditional's buffers whether or not the branch runs); two `[T, B, D]` buffers "
+        "(the cotangents dZ, and the T copies of the trunk's output that the step feeds to "
+        "the heads, which `StackedHeads` stacks); and min(k, T) backward passes through the "
+        "trunk. Only the last term depends on k. Chunking bounds the working set of the "
+        "backward passes, not the Jacobian, its copies or the `[T, B, D]` buffers: the peak "
+        "stops falling once k·w is below the rest, and a `lax.map` runs the chunks one "
+        "after another. The rows in parentheses split that floor into its parts (the "
+        "summaries give each as EW + x·|J|). The bound with the Jacobian as the only extra "
+        f"buffer, EW + |J| + k·w, holds for {held(report, 'within_jacobian_only')}.",
     ]
     for trunk, section in report["trunks"].items():
         t = section["terms"]
@@ -330,7 +373,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{mib(t['cotangents'])} MiB, w = {mib(t['per_task'])} MiB; floor of the bound "
             f"(k = 1, less EW) {mib(3 * t['jacobian'] + 2 * t['cotangents'] + t['per_task'])} "
             "MiB.", "",
-            *table(section["rows"], on_gpu), "", *summary(section["rows"]),
+            *table(section["rows"], on_gpu), "", *summary(section["rows"], t["jacobian"]),
         ]
     return "\n".join(lines) + "\n"
 
