@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"cannot write {error.filename or out!r}: {error.strerror or error}")
     except Preempted as stop:
         print(f"mtl-jax: {stop}", file=sys.stderr)
-        return 128 + signal.Signals[stop.signal_name]  # the shell's code for that signal
+        code = getattr(signal.Signals, stop.signal_name, signal.SIGTERM)
+        return 128 + code  # the shell's code for that signal
     if not distributed.is_main():
         return 0
     print(report.table())

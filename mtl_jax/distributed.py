@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
@@ -69,6 +70,13 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int) ->
 def is_main() -> bool:
     """Whether this is process 0, the one that writes logs, results and plots."""
     return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (every process gets the same answer)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
 def barrier(name: str) -> None:

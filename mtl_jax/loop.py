@@ -9,6 +9,8 @@ state and for an ensemble (a state with a leading member axis, stepped by
 SIGTERM and SIGINT (a scheduler's preemption, Ctrl-C) do not cut a step short:
 the step under way finishes, a checkpoint of it is written, and :func:`fit`
 raises :class:`Preempted`. A second signal during that save acts as usual.
+With several processes, a signal to any of them stops all of them after the
+same step.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from mtl_jax import distributed
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.ensemble import member
 from mtl_jax.tasks import Tasks
@@ -162,12 +165,14 @@ def fit(train_step: Callable, state: TrainState, tasks: Tasks, data: Source, *, 
                         (eval_every and done % eval_every == 0) or done == steps):
                     last_eval = eval_fn(state.params)
                     _write_eval(log, done, last_eval)
+                stop = distributed.any_process(bool(received))  # all processes stop together
                 if checkpointer is not None:
-                    checkpointer.save(done, state, force=done == steps or bool(received))
+                    checkpointer.save(done, state, force=done == steps or stop)
                 bar.update(1)
-                if received and done < steps:
+                if stop and done < steps:
                     where = str(checkpointer.directory) if checkpointer else None
-                    raise Preempted(done, received[0], where)
+                    raise Preempted(done, received[0] if received else "a signal to another "
+                                    "process", where)
         if eval_fn is not None and last_eval is None:
             last_eval = eval_fn(state.params)
     finally:
