@@ -8,7 +8,7 @@ interrupted again and again, each time resumed with ``--resume``:
   folder on disk);
 - ``SIGTERM`` and ``SIGINT`` (preemption, Ctrl-C): the process must finish its
   step, save it, and exit with 143 / 130 and a message naming the step;
-- a full filesystem (``RLIMIT_FSIZE``: every write past a few hundred kB fails,
+- a full filesystem (``ulimit -f``, RLIMIT_FSIZE: every write past a few hundred kB fails,
   as on a full disk): the process must stop with a clear error naming the
   checkpoint it could not write, leaving the complete ones intact.
 
@@ -29,7 +29,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import signal
 import subprocess
 import sys
@@ -41,7 +40,7 @@ COMMAND = [sys.executable, "-m", "mtl_jax.cli", "train", "--trunk", "mlp", "--st
            "--batch-size", "16", "--checkpoint-every", "4", "--keep", "2", "--eval-every", "100",
            "--quiet"]
 HALF_WRITTEN = ".orbax-checkpoint-tmp"
-FILE_SIZE_LIMIT = 200_000  # bytes: a checkpoint of the default run's state is ~1 MB
+FILE_SIZE_LIMIT = 200 * 1024  # bytes: a checkpoint of the default run's state is ~1 MB
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
@@ -52,7 +51,7 @@ class Interruption:
     step_after: int  # latest complete checkpoint after it stopped
     half_written: bool  # a half-written checkpoint was on disk after it stopped
     returncode: int
-    message: str  # the last line of stderr
+    message: str  # the last line mtl-jax printed on stderr
 
 
 def complete_steps(run_dir: pathlib.Path) -> list[int]:
@@ -66,16 +65,15 @@ def half_written(run_dir: pathlib.Path) -> bool:
     return ckpts.exists() and any(HALF_WRITTEN in p.name for p in ckpts.iterdir())
 
 
-def _limit_file_size():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
-
-
 def start(run_dir: pathlib.Path, *, full_disk: bool = False) -> subprocess.Popen:
     resume = ["--resume"] if (run_dir / "checkpoints" / "config.json").exists() else []
-    return subprocess.Popen([*COMMAND, "--out", str(run_dir), *resume], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_limit_file_size if full_disk else None)
+    command = [*COMMAND, "--out", str(run_dir), *resume]
+    if full_disk:  # bash sets the limit (no preexec_fn: forking a threaded process is unsafe);
+        # an ignored SIGXFSZ survives exec, so writes past the limit fail with EFBIG
+        command = ["bash", "-c", f"trap '' XFSZ; ulimit -f {FILE_SIZE_LIMIT // 1024}; "
+                   'exec "$@"', "bash", *command]
+    return subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> bool:
@@ -104,9 +102,11 @@ def interrupt(run_dir: pathlib.Path, kind: str, rng: np.random.Generator) -> Int
             proc.send_signal({"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}.get(
                 kind, signal.SIGKILL))
     _, stderr = proc.communicate(timeout=120)
-    lines = stderr.strip().splitlines()
+    # its own last line: after a failed save, tensorstore's threads may still print
+    # their traceback below it
+    ours = [line for line in stderr.splitlines() if line.startswith("mtl-jax:")]
     return Interruption(kind, before, (complete_steps(run_dir) or [0])[-1],
-                        half_written(run_dir), proc.returncode, lines[-1] if lines else "")
+                        half_written(run_dir), proc.returncode, ours[-1] if ours else "")
 
 
 def schedule(kills: int, rng: np.random.Generator) -> list[str]:
@@ -184,7 +184,7 @@ is the reference.
 - Data lost: **none** (every resume started from a complete checkpoint; the log was cut
   back to it and written again identically).
 
-| # | interruption | saved before | saved after | half-written | exit | stderr, last line |
+| # | interruption | saved before | saved after | half-written | exit | its last message |
 | ---: | --- | ---: | ---: | --- | ---: | --- |
 {rows}
 """)
