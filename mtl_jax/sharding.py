@@ -262,12 +262,10 @@ def sharded_eval(eval_step: Callable, mesh: Mesh) -> Callable:
       [3.0, 3.0]
     """
     replicated = NamedSharding(mesh, PartitionSpec())
-    lifted = jax.jit(lambda tree, batch, task=None: jax.vmap(
-        lambda t: eval_step(t, batch, task=task) if task else eval_step(t, batch))(tree),
-        static_argnames="task", out_shardings=replicated)
+    lifted = jax.jit(ensemble.lift(eval_step, "vmap", static_argnames="task"),
+                     static_argnames="task", out_shardings=replicated)
 
-    def evaluate(params, batch, task=None):
-        batch = _global(batch, replicated)
-        return lifted(params, batch, task=task) if task else lifted(params, batch)
+    def evaluate(params, batch, **kwargs):
+        return lifted(params, _global(batch, replicated), **kwargs)
 
     return evaluate
