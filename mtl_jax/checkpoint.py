@@ -103,7 +103,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"{str(self.directory)!r} already holds checkpoints (steps {sorted(existing)}); "
                 "resume them or choose another directory")
-        if not config_path.exists() and jax.process_index() == 0:
+        if not config_path.exists() and distributed.is_main():
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
     @property
@@ -162,7 +162,7 @@ class Checkpointer:
         return None
 
     def _remove_half_written(self) -> None:
-        if jax.process_index() != 0:  # one process tidies up; the others wait in restore
+        if not distributed.is_main():  # one process tidies up; the others wait in restore
             return
         for path in sorted(self.directory.glob(f"*{HALF_WRITTEN}*")):
             log.warning("removing the half-written checkpoint %s (its process stopped during "
@@ -172,7 +172,7 @@ class Checkpointer:
     def _set_aside(self, step: int, error: Exception) -> None:
         path = self.directory / str(step)
         aside = path.with_name(f"{step}.unreadable")
-        if jax.process_index() == 0:
+        if distributed.is_main():
             shutil.rmtree(aside, ignore_errors=True)
             path.rename(aside)
         distributed.barrier(f"set aside checkpoint {step}")
