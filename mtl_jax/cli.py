@@ -16,7 +16,7 @@ from mtl_jax.checkpoint import CheckpointError
 from mtl_jax.experiment import ARCHS, DATASETS, PENALTIES, TRUNKS, Config, run
 from mtl_jax.loop import NonFiniteLossError, Preempted
 from mtl_jax.precision import PRECISIONS
-from mtl_jax.reproduce import BENCHMARKS, MAX_COUNT, MAX_SEED, mmoe, multifashion, toy
+from mtl_jax.reproduce import BENCHMARKS, MAX_SEED, check_range, mmoe, multifashion, toy
 
 CATALOGUE = {
     "archs": {name: arch.summary for name, arch in ARCHS.items()},
@@ -273,7 +273,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             return _reproduce_multifashion(args, out)
         toy.check_methods(args.methods or ())
         if args.steps is not None:
-            _check_range("steps", args.steps, 1)
+            check_range("--steps", args.steps, 1)
         summary = toy.benchmark(args.setting, args.methods, steps=args.steps, out=out,
                                 log=lambda line: print(line, flush=True))
     except ValueError as error:
@@ -283,18 +283,12 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_range(flag: str, value: int, low: int, high: int = MAX_COUNT) -> None:
-    """Raise a ValueError naming ``--flag`` unless ``low <= value <= high``."""
-    if not low <= value <= high:
-        raise ValueError(f"--{flag.replace('_', '-')} must be in [{low}, {high}], got {value}")
-
-
 def _reproduce_mmoe(args: argparse.Namespace, out: str) -> int:
     mmoe.check_models(args.models or ())
     for flag in ("runs", "steps", "sweep_runs", "batch_size"):
-        _check_range(flag, getattr(args, flag), 1)
-    _check_range("sequential", args.sequential, 0)
-    _check_range("seed", args.seed, 0, MAX_SEED)
+        check_range(f"--{flag.replace('_', '-')}", getattr(args, flag), 1)
+    check_range("--sequential", args.sequential, 0)
+    check_range("--seed", args.seed, 0, MAX_SEED)
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr must be positive and finite, got {args.lr}")
     setup = mmoe.Setup(steps=args.steps, batch_size=args.batch_size,

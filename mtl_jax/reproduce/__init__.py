@@ -27,3 +27,15 @@ MAX_COUNT = 2**31 - 1
 programs count in int32, and a larger count fails to compile or, in a loop, wraps silently."""
 MAX_SEED = 2**63 - 1
 """The largest seed: ``jax.random.key`` takes an int64."""
+
+
+def check_range(name: str, value: int, low: int, high: int = MAX_COUNT) -> None:
+    """Raise a ValueError naming ``name`` unless ``low <= value <= high``.
+
+    Examples:
+      >>> check_range("--runs", 0, 1)
+      Traceback (most recent call last):
+      ValueError: --runs must be in [1, 2147483647], got 0
+    """
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")

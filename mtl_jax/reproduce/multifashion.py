@@ -44,7 +44,7 @@ from mtl_jax import metrics
 from mtl_jax.aggregators import registry
 from mtl_jax.experiment import Config, Report, run
 from mtl_jax.plots import save_png
-from mtl_jax.reproduce import MAX_COUNT, MAX_SEED
+from mtl_jax.reproduce import MAX_SEED, check_range
 
 TASKS = ("left", "right")
 DIRECTIONS = {task: {"accuracy": True} for task in TASKS}
@@ -91,16 +91,13 @@ class Setup(NamedTuple):
           ValueError: steps must be in [1, 2147483647], got 0
         """
         for field in ("steps", "batch_size", "num_train", "num_test", "seeds"):
-            if not 1 <= getattr(self, field) <= MAX_COUNT:
-                raise ValueError(f"{field} must be in [1, {MAX_COUNT}], got "
-                                 f"{getattr(self, field)}")
+            check_range(field, getattr(self, field), 1)
         if self.batch_size > self.num_train:
             raise ValueError(f"batch_size {self.batch_size} exceeds the {self.num_train} "
                              "training pairs")
         if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
+        check_range("seed", self.seed, 0, MAX_SEED)
 
 
 SETUPS: dict[str, Setup] = {
