@@ -34,12 +34,14 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
+
+from mtl_jax.checkpoint import HALF_WRITTEN, read_latest
 
 COMMAND = [sys.executable, "-m", "mtl_jax.cli", "train", "--trunk", "mlp", "--steps", "400",
            "--batch-size", "16", "--checkpoint-every", "4", "--keep", "2", "--eval-every", "100",
            "--quiet"]
-HALF_WRITTEN = ".orbax-checkpoint-tmp"
 FILE_SIZE_LIMIT = 200 * 1024  # bytes: a checkpoint of the default run's state is ~1 MB
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -54,10 +56,11 @@ class Interruption:
     message: str  # the last line mtl-jax printed on stderr
 
 
-def complete_steps(run_dir: pathlib.Path) -> list[int]:
+def latest_complete(run_dir: pathlib.Path) -> int:
+    """The step of the run's newest complete checkpoint (0: none yet)."""
     ckpts = run_dir / "checkpoints"
-    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.exists() \
-        else []
+    steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []
+    return max(steps, default=0)
 
 
 def half_written(run_dir: pathlib.Path) -> bool:
@@ -90,10 +93,10 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> bool
 
 def interrupt(run_dir: pathlib.Path, kind: str, rng: np.random.Generator) -> Interruption:
     """Start (or resume) the run and interrupt it once in the way ``kind`` names."""
-    before = (complete_steps(run_dir) or [0])[-1]
+    before = latest_complete(run_dir)
     proc = start(run_dir, full_disk=kind == "disk-full")
     if kind != "disk-full":
-        progressed = _wait_for(lambda: (complete_steps(run_dir) or [0])[-1] > before, proc)
+        progressed = _wait_for(lambda: latest_complete(run_dir) > before, proc)
         if progressed and kind == "kill-during-save":
             progressed = _wait_for(lambda: half_written(run_dir), proc)
         elif progressed:
@@ -105,7 +108,7 @@ def interrupt(run_dir: pathlib.Path, kind: str, rng: np.random.Generator) -> Int
     # its own last line: after a failed save, tensorstore's threads may still print
     # their traceback below it
     ours = [line for line in stderr.splitlines() if line.startswith("mtl-jax:")]
-    return Interruption(kind, before, (complete_steps(run_dir) or [0])[-1],
+    return Interruption(kind, before, latest_complete(run_dir),
                         half_written(run_dir), proc.returncode, ours[-1] if ours else "")
 
 
@@ -118,10 +121,6 @@ def schedule(kills: int, rng: np.random.Generator) -> list[str]:
 
 def final_state(run_dir: pathlib.Path):
     """The step and raw arrays of the run's latest checkpoint (no template: what is on disk)."""
-    import jax
-
-    from mtl_jax.checkpoint import read_latest
-
     step, state = read_latest(run_dir / "checkpoints")
     return step, [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(state)]
 
@@ -147,14 +146,12 @@ def campaign(workdir: pathlib.Path, kills: int, seed: int = 0) -> tuple[list[Int
     """The uninterrupted run and the interrupted one; returns the interruptions and differences."""
     rng = np.random.default_rng(seed)
     whole, interrupted = workdir / "whole", workdir / "interrupted"
-    reference = subprocess.Popen([*COMMAND, "--out", str(whole)], env=ENV,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reference = start(whole)
     events = [interrupt(interrupted, kind, rng) for kind in schedule(kills, rng)]
-    finish = subprocess.run([*COMMAND, "--out", str(interrupted), "--resume"], env=ENV,
-                            capture_output=True, text=True)
-    _, reference_err = reference.communicate()
+    finish = start(interrupted)  # resumes it to the end
+    errors = [proc.communicate()[1] for proc in (reference, finish)]
     if reference.returncode or finish.returncode:
-        raise RuntimeError(f"a run failed: {reference_err[-2000:]}{finish.stderr[-2000:]}")
+        raise RuntimeError(f"a run failed: {errors[0][-2000:]}{errors[1][-2000:]}")
     return events, differences(whole, interrupted)
 
 
